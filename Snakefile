@@ -1,0 +1,35 @@
+"""tokenuni: corpus -> per-layer Arrow dumps -> geometry metrics -> figures, every job an MLflow run.
+
+    snakemake --cores 8 --resources gpu=2              # the default study (config/config.yaml)
+    snakemake --cores 8 --configfile config/paper.yaml # the papers' study (needs the hub or local copies)
+"""
+import os
+import sys
+
+sys.path.insert(0, workflow.basedir)  # the tokenuni library of this checkout
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/corpus.smk"
+include: "workflow/rules/embed.smk"
+include: "workflow/rules/metrics.smk"
+include: "workflow/rules/figures.smk"
+include: "workflow/rules/tracking.smk"
+
+
+localrules:
+    all,
+    mlflow_sync,
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True
+
+
+onstart:
+    check_sources_before_start()

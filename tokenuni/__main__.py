@@ -1,0 +1,5 @@
+import sys
+
+from tokenuni.cli import main
+
+sys.exit(main())

@@ -1,0 +1,245 @@
+"""``tokenuni <stage>``: the command line every Snakemake rule calls (usable without Snakemake).
+
+Each stage takes its configuration as JSON (exactly the config subtree it depends on), writes its
+outputs atomically, and, with ``--record``, records itself as one MLflow run (see
+:mod:`tokenuni.tracking`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from contextlib import nullcontext
+from pathlib import Path
+
+log = logging.getLogger("tokenuni")
+
+
+def _json(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({error}): {text[:200]}") from None
+
+
+def _add_job_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--record", type=Path, help="write this job's MLflow run record here")
+    parser.add_argument("--job", type=_json, default={}, help='{"rule": ..., "wildcards": {...}} for the record')
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _job_run(args, params: dict):
+    if not args.record:
+        return nullcontext(None)
+    from tokenuni.tracking import JobRun
+
+    return JobRun(args.record, rule=args.job.get("rule", args.command), wildcards=args.job.get("wildcards", {}),
+                  params=params)
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+# -- stages ----------------------------------------------------------------------------------------
+def cmd_check(args) -> None:
+    from tokenuni.config import data_mirror, load_config
+    from tokenuni.sources import require_sources
+
+    config = load_config(args.configfile)
+    require_sources(config, data_mirror(config), probe_hub=not args.no_hub_probe)
+    print(f"{args.configfile}: every model and corpus resolves")
+
+
+def cmd_corpus(args) -> None:
+    from tokenuni.corpora import import_corpus
+
+    with _job_run(args, {"corpus": args.spec}) as run:
+        summary = import_corpus(args.spec, args.mirror, args.out)
+        if run:
+            run.log_params({"source": summary.get("source")})
+            run.log_metrics({"rows": summary["rows_after"], "rows_before_sampling": summary["rows_before"]})
+            run.set_tags({"tokenuni.corpus_source": summary.get("source")})
+            for item in summary.get("files", []):
+                run.log_input(item["path"], context="mirror")
+            run.log_artifact(args.out, "corpus")
+    log.info("corpus %s: %s", args.spec.get("name"), {k: v for k, v in summary.items() if k != "files"})
+
+
+def cmd_embed(args) -> None:
+    from tokenuni.embed import embed_corpus
+
+    _set_threads(args.threads)
+    with _job_run(args, {"model": args.model}) as run:
+        summary = embed_corpus(args.corpus, args.model, args.out, corpus_name=args.corpus_name,
+                               device=args.device, progress=not args.no_progress)
+        if run:
+            run.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+            run.set_tags({"tokenuni.device": summary["device"], "tokenuni.model_source": summary["model_source"]})
+            run.log_input(args.corpus, context="corpus")
+            run.log_input(args.out, context="dump")
+
+
+def cmd_metric(args) -> None:
+    from tokenuni.devices import select_device
+    from tokenuni.metrics import compute_metric
+    from tokenuni.tables import write_table
+
+    _set_threads(args.threads)
+    device = select_device(args.device)
+    with _job_run(args, {"metric": {args.name: args.options}}) as run:
+        table = compute_metric(args.dump, args.name, args.options, model=args.model, corpus=args.corpus,
+                               device=device, progress=not args.no_progress)
+        write_table(table, args.out)
+        if run:
+            run.set_tags({"tokenuni.device": str(device)})
+            run.log_input(args.dump, context="dump")
+            scalars = table[table["component"].isna()]
+            for row in scalars.itertuples():
+                key = row.metric + (f".{row.variant}" if row.variant else "")
+                run.log_metric(key, row.value, step=row.layer)
+            run.log_artifact(args.out, "metrics")
+    log.info("metric %s on %s/%s: %d rows -> %s", args.name, args.model, args.corpus, len(table), args.out)
+
+
+def cmd_table(args) -> None:
+    from tokenuni.tables import merge_tables, write_table
+
+    with _job_run(args, {"inputs": [str(p) for p in args.inputs]}) as run:
+        table = merge_tables(args.inputs)
+        write_table(table, args.out)
+        if args.tsv:
+            write_table(table, args.tsv)
+        if run:
+            run.log_metrics({"rows": len(table)})
+            run.log_artifact(args.out, "tables")
+            if args.tsv:
+                run.log_artifact(args.tsv, "tables")
+
+
+def cmd_figure(args) -> None:
+    from tokenuni import figures
+    from tokenuni.tables import read_table
+
+    params = {"kind": args.kind, "metric": args.metric, "variant": args.variant}
+    with _job_run(args, params) as run:
+        table = read_table(args.table)
+        if args.model_label:
+            table["model_label"] = args.model_label
+        if args.kind == "singular-value-cdf":
+            figures.plot_singular_value_cdf(table, args.png, args.svg, variant=args.variant)
+        else:
+            figures.plot_metric_by_layer(table, args.metric, args.png, args.svg)
+        if run:
+            run.log_artifact(args.png, "figures")
+            if args.svg:
+                run.log_artifact(args.svg, "figures")
+
+
+def cmd_sync(args) -> None:
+    from tokenuni.tracking import sync_records
+
+    records = list(args.records)
+    failed_dir = args.failed_dir
+    if failed_dir and Path(failed_dir).is_dir():
+        records += sorted(Path(failed_dir).glob("*.json"))
+    result = sync_records(records, tracking_uri=args.tracking_uri, experiment=args.experiment,
+                          artifact_location=args.artifact_location)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_name(f".{args.out.name}.tmp")
+    tmp.write_text(json.dumps(result, indent=1, sort_keys=True))
+    tmp.replace(args.out)
+    print(f"MLflow: {result['imported']} run(s) imported, {result['skipped']} already present "
+          f"({result['tracking_uri']}, experiment {result['experiment']})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tokenuni", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("check", help="check that every model and corpus of a config resolves")
+    p.add_argument("configfile", type=Path)
+    p.add_argument("--no-hub-probe", action="store_true", help="treat the hub as reachable")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("corpus", help="import a corpus (mirror or hub) into normalised Parquet")
+    p.add_argument("--spec", type=_json, required=True, help="the corpus's config entry, with its name")
+    p.add_argument("--mirror", default=None, help="local data mirror folder")
+    p.add_argument("--out", type=Path, required=True)
+    _add_job_arguments(p)
+    p.set_defaults(func=cmd_corpus)
+
+    p = sub.add_parser("embed", help="dump every layer's hidden states of a model over a corpus")
+    p.add_argument("--corpus", type=Path, required=True)
+    p.add_argument("--corpus-name", default="")
+    p.add_argument("--model", type=_json, required=True, help="the model's config entry")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=None)
+    _add_job_arguments(p)
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("metric", help="compute one metric for every layer of a dump")
+    p.add_argument("name")
+    p.add_argument("--dump", type=Path, required=True)
+    p.add_argument("--options", type=_json, default={})
+    p.add_argument("--model", required=True, help="model key (for the table)")
+    p.add_argument("--corpus", required=True, help="corpus key (for the table)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=None)
+    _add_job_arguments(p)
+    p.set_defaults(func=cmd_metric)
+
+    p = sub.add_parser("table", help="merge tidy metric tables into one")
+    p.add_argument("inputs", nargs="+", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--tsv", type=Path, default=None)
+    _add_job_arguments(p)
+    p.set_defaults(func=cmd_table)
+
+    p = sub.add_parser("figure", help="draw a figure from a tidy table")
+    p.add_argument("kind", choices=["singular-value-cdf", "by-layer"])
+    p.add_argument("--table", type=Path, required=True)
+    p.add_argument("--metric", default=None)
+    p.add_argument("--variant", default="uncentred")
+    p.add_argument("--model-label", default=None)
+    p.add_argument("--png", type=Path, required=True)
+    p.add_argument("--svg", type=Path, default=None)
+    _add_job_arguments(p)
+    p.set_defaults(func=cmd_figure)
+
+    p = sub.add_parser("sync", help="import run records into MLflow (the single writer)")
+    p.add_argument("records", nargs="*", type=Path)
+    p.add_argument("--failed-dir", type=Path, default=None, help="also import the failed-job records found here")
+    p.add_argument("--tracking-uri", required=True)
+    p.add_argument("--experiment", required=True)
+    p.add_argument("--artifact-location", default=None)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_sync)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("urllib3", "filelock", "httpx", "alembic", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        args.func(args)
+    except (ValueError, RuntimeError, FileNotFoundError, KeyError) as error:
+        log.error("%s", error)
+        if args.verbose:
+            raise
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

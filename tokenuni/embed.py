@@ -1,0 +1,159 @@
+"""Per-layer hidden states of a model over a corpus, written as an Arrow dump (see :mod:`tokenuni.store`).
+
+The model runs with ``output_hidden_states=True`` in float32 unless another dtype is asked for
+(transformers 5 otherwise loads a checkpoint in its stored dtype). Sentences are tokenised once,
+sorted by length (longest first) and batched, so padding is minimal; only real tokens (attention
+mask 1) are written. Decoder models without a pad token pad with their end-of-text token; with right
+padding and the attention mask, a causal model's real tokens never see the padding.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from importlib import metadata as importlib_metadata
+
+import numpy as np
+
+from tokenuni.corpora import read_corpus
+from tokenuni.devices import select_device
+from tokenuni.sources import ModelSource, resolve_model
+from tokenuni.store import DumpWriter
+
+log = logging.getLogger(__name__)
+TORCH_DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
+
+
+def library_versions() -> dict[str, str]:
+    versions = {}
+    for name in ("tokenuni", "torch", "transformers", "pyarrow", "numpy", "datasets", "mlflow"):
+        try:
+            versions[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def load_model(spec: dict, device, source: ModelSource | None = None):
+    """Tokenizer and model for a model config entry, on ``device``, in eval mode and ``spec['dtype']``."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    source = source or resolve_model(spec)
+    revision = spec.get("revision") if source.kind == "hub" else None
+    trust = bool(spec.get("trust_remote_code", False))
+    log.info("loading %s from %s", spec["id"], source.describe())
+    tokenizer = AutoTokenizer.from_pretrained(source.location, revision=revision, trust_remote_code=trust)
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ValueError(f"model {spec['id']}: tokenizer has neither a pad nor an end-of-text token")
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    model = AutoModel.from_pretrained(
+        source.location,
+        revision=revision,
+        trust_remote_code=trust,
+        dtype=getattr(torch, TORCH_DTYPES[spec.get("dtype", "float32")]),
+        use_safetensors=None if spec.get("allow_pickle_weights") else True,
+    )
+    model.to(device).eval()
+    return tokenizer, model
+
+
+def tokenize(tokenizer, texts: list[str], max_length: int):
+    """Token ids and special-token masks per text (truncated to ``max_length``), plus the truncated count."""
+    encoded = tokenizer(texts, truncation=True, max_length=max_length, return_special_tokens_mask=True,
+                        add_special_tokens=True)
+    full_lengths = tokenizer(texts, truncation=False, add_special_tokens=True, return_length=True,
+                             verbose=False)["length"]
+    truncated = int(sum(full > max_length for full in full_lengths))
+    return encoded["input_ids"], encoded["special_tokens_mask"], truncated
+
+
+def length_sorted_batches(lengths: list[int], batch_size: int) -> list[np.ndarray]:
+    """Indices of the inputs, longest first, in chunks of ``batch_size`` (stable for equal lengths)."""
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def embed_corpus(corpus_path, model_spec: dict, out_path, *, corpus_name: str = "", device: str = "auto",
+                 progress: bool = True) -> dict:
+    """Run ``model_spec`` over the corpus at ``corpus_path`` and write every layer to ``out_path``.
+
+    Returns a summary (sentences, tokens, truncated sentences, layers, seconds, tokens/s, device).
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    torch_device = select_device(device)
+    source = resolve_model(model_spec)
+    corpus = read_corpus(corpus_path)
+    texts = corpus["text"].to_pylist()
+    sentence_ids = corpus["sentence_id"].to_numpy()
+    if not texts:
+        raise ValueError(f"corpus {corpus_path} is empty: nothing to embed")
+
+    tokenizer, model = load_model(model_spec, torch_device, source)
+    max_length = int(model_spec.get("max_length", 128))
+    model_max = getattr(model.config, "max_position_embeddings", None)
+    if model_max and max_length > model_max:
+        log.warning("max_length %d exceeds the model's %d positions; using %d", max_length, model_max, model_max)
+        max_length = int(model_max)
+    input_ids, special_masks, truncated = tokenize(tokenizer, texts, max_length)
+    lengths = [len(ids) for ids in input_ids]
+    all_ids = np.concatenate([np.asarray(ids, dtype=np.int64) for ids in input_ids])
+    frequency = np.bincount(all_ids, minlength=int(all_ids.max()) + 1)
+    n_layers = int(model.config.num_hidden_layers) + 1
+    hidden_size = int(model.config.hidden_size)
+    dtype = model_spec.get("dtype", "float32")
+    metadata = {
+        "model_id": model_spec["id"],
+        "revision": model_spec.get("revision") or "",
+        "model_source": source.describe(),
+        "corpus": corpus_name or str(corpus_path),
+        "corpus_digest": (corpus.schema.metadata or {}).get(b"tokenuni.digest", b"").decode(),
+        "max_length": str(max_length),
+        "sentences": str(len(texts)),
+        "tokens": str(int(sum(lengths))),
+        "truncated_sentences": str(truncated),
+        "frequency": "occurrences of token_id in the tokenised (truncated) corpus, special tokens included",
+        "versions": library_versions(),
+    }
+    if truncated:
+        log.warning("%d of %d sentences were longer than %d tokens and were truncated", truncated, len(texts), max_length)
+
+    batches = length_sorted_batches(lengths, int(model_spec.get("batch_size", 32)))
+    started = time.perf_counter()
+    bar = tqdm(total=int(sum(lengths)), unit="tok", desc=f"embed {model_spec['id']}", disable=not progress)
+    with DumpWriter(out_path, n_layers=n_layers, hidden_size=hidden_size, dtype=dtype, metadata=metadata) as writer, \
+            torch.inference_mode():
+        for chunk in batches:
+            features = tokenizer.pad({"input_ids": [input_ids[i] for i in chunk]}, return_tensors="pt")
+            features = {k: v.to(torch_device) for k, v in features.items()}
+            output = model(**features, output_hidden_states=True)
+            hidden = output.hidden_states
+            if len(hidden) != n_layers:
+                raise RuntimeError(f"model {model_spec['id']} returned {len(hidden)} hidden states, expected {n_layers}")
+            mask = features["attention_mask"].bool()
+            layers = [h[mask].float().cpu().numpy() for h in hidden]
+            # index columns, in the same row order as h[mask] (row-major over batch, then position)
+            ids = [np.asarray(input_ids[i], dtype=np.int64) for i in chunk]
+            index = {
+                "sentence_id": np.concatenate([np.full(len(t), sentence_ids[i]) for t, i in zip(ids, chunk)]),
+                "position": np.concatenate([np.arange(len(t), dtype=np.int32) for t in ids]),
+                "token_id": np.concatenate(ids).astype(np.int32),
+                "token": tokenizer.convert_ids_to_tokens(np.concatenate(ids).tolist()),
+                "special": np.concatenate([np.asarray(special_masks[i], dtype=bool) for i in chunk]),
+                "frequency": frequency[np.concatenate(ids)],
+            }
+            writer.write(index, layers)
+            bar.update(int(mask.sum()))
+    bar.close()
+    seconds = time.perf_counter() - started
+    summary = {
+        "sentences": len(texts), "tokens": int(sum(lengths)), "truncated_sentences": truncated,
+        "layers": n_layers, "hidden_size": hidden_size, "seconds": round(seconds, 3),
+        "tokens_per_second": round(sum(lengths) / max(seconds, 1e-9), 1), "device": str(torch_device),
+        "model_source": source.describe(),
+    }
+    log.info("wrote %s: %s", out_path, summary)
+    return summary

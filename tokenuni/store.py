@@ -1,0 +1,226 @@
+"""Embedding dumps: one uncompressed Arrow IPC file per (model, corpus).
+
+Layout (one row per token, rows grouped by sentence, positions in order):
+
+=================  ==========================================  =====================================
+column             type                                        meaning
+=================  ==========================================  =====================================
+``sentence_id``    int64                                       row of the corpus table
+``position``       int32                                       0-based token position in the input
+``token_id``       int32                                       tokenizer id
+``token``          string                                      tokenizer piece
+``special``        bool                                        a special token ([CLS], [SEP], <s> ...)
+``frequency``      int64                                       occurrences of ``token_id`` in the tokenised corpus
+``layer_<i>``      fixed_size_list<float32|float16>[d]         hidden state i (0 = embedding output)
+=================  ==========================================  =====================================
+
+The token index lives in the same record batches as the vectors, so row alignment is structural;
+:func:`validate_dump` checks it anyway (counts, contiguous positions, metadata). Files are written
+uncompressed so that :func:`open_dump` can memory-map them and hand out zero-copy numpy views;
+readers stream record batches and never load a whole layer.
+"""
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+
+INDEX_FIELDS = [
+    pa.field("sentence_id", pa.int64(), nullable=False),
+    pa.field("position", pa.int32(), nullable=False),
+    pa.field("token_id", pa.int32(), nullable=False),
+    pa.field("token", pa.string()),
+    pa.field("special", pa.bool_(), nullable=False),
+    pa.field("frequency", pa.int64(), nullable=False),
+]
+INDEX_COLUMNS = [f.name for f in INDEX_FIELDS]
+LAYER_CONVENTION = "layer 0 = embedding output (hidden_states[0]); layer i = output of block i"
+META_PREFIX = "tokenuni."
+_ARROW_DTYPES = {"float32": pa.float32(), "float16": pa.float16()}
+
+
+class DumpError(ValueError):
+    """A dump that cannot be written or read as promised; the message names the file (and layer)."""
+
+
+def layer_column(layer: int) -> str:
+    return f"layer_{layer}"
+
+
+def dump_schema(n_layers: int, hidden_size: int, dtype: str, metadata: dict) -> pa.Schema:
+    if dtype not in _ARROW_DTYPES:
+        raise DumpError(f"dump dtype {dtype!r} not supported (choose {', '.join(_ARROW_DTYPES)})")
+    vector = pa.list_(_ARROW_DTYPES[dtype], hidden_size)
+    fields = INDEX_FIELDS + [pa.field(layer_column(i), vector, nullable=False) for i in range(n_layers)]
+    meta = {f"{META_PREFIX}{k}": v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
+    meta.update({
+        f"{META_PREFIX}n_layers": str(n_layers),
+        f"{META_PREFIX}hidden_size": str(hidden_size),
+        f"{META_PREFIX}dtype": dtype,
+        f"{META_PREFIX}layer_convention": LAYER_CONVENTION,
+    })
+    return pa.schema(fields, metadata=meta)
+
+
+@contextmanager
+def atomic_path(path: str | Path):
+    """Yield a temporary sibling of ``path``; rename it onto ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+class DumpWriter:
+    """Write a dump batch by batch to a temporary file; :meth:`close` renames it into place.
+
+    Used as a context manager: an exception inside the block removes the temporary file and leaves
+    any previous dump at ``path`` untouched.
+    """
+
+    def __init__(self, path: str | Path, *, n_layers: int, hidden_size: int, dtype: str = "float32",
+                 metadata: dict | None = None):
+        self.path = Path(path)
+        self.schema = dump_schema(n_layers, hidden_size, dtype, metadata or {})
+        self.n_layers, self.hidden_size, self.dtype = n_layers, hidden_size, dtype
+        self._atomic = atomic_path(self.path)
+        self._tmp = self._atomic.__enter__()
+        self._sink = pa.OSFile(str(self._tmp), "wb")
+        self._writer = pa.ipc.new_file(self._sink, self.schema)  # uncompressed: memory-mappable
+        self.rows = 0
+
+    def write(self, index: dict[str, np.ndarray], layers: list[np.ndarray]) -> None:
+        """Append one batch: ``index`` holds the index columns, ``layers[i]`` the (n, d) states of layer i."""
+        if len(layers) != self.n_layers:
+            raise DumpError(f"{self.path}: expected {self.n_layers} layers, got {len(layers)}")
+        n = len(index["sentence_id"])
+        numpy_dtype = np.dtype(self.dtype)
+        columns = [pa.array(index[f.name], type=f.type) for f in INDEX_FIELDS]
+        for i, states in enumerate(layers):
+            if states.shape != (n, self.hidden_size):
+                raise DumpError(f"{self.path}: layer {i} has shape {states.shape}, expected ({n}, {self.hidden_size})")
+            if not np.isfinite(states).all():
+                raise DumpError(f"{self.path}: layer {i} holds NaN or Inf hidden states")
+            with np.errstate(over="ignore"):  # an overflow is reported below, naming the layer
+                values = np.ascontiguousarray(states, dtype=numpy_dtype)
+            if numpy_dtype != states.dtype and not np.isfinite(values).all():
+                raise DumpError(f"{self.path}: layer {i} overflows {self.dtype} (max |x| = {np.abs(states).max():.3g})")
+            flat = pa.array(values.reshape(-1), type=_ARROW_DTYPES[self.dtype])
+            columns.append(pa.FixedSizeListArray.from_arrays(flat, self.hidden_size))
+        self._writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=self.schema))
+        self.rows += n
+
+    def close(self) -> None:
+        self._writer.close()
+        self._sink.close()
+        self._atomic.__exit__(None, None, None)
+
+    def abort(self) -> None:
+        try:
+            self._writer.close()
+            self._sink.close()
+        finally:
+            self._atomic.__exit__(DumpError, None, None)
+
+    def __enter__(self) -> "DumpWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+@dataclass
+class Dump:
+    """A memory-mapped dump: metadata and streaming access to layers and the token index."""
+
+    path: Path
+    reader: pa.ipc.RecordBatchFileReader
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        raw = self.reader.schema.metadata or {}
+        return {k.decode()[len(META_PREFIX):]: v.decode() for k, v in raw.items() if k.decode().startswith(META_PREFIX)}
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.metadata["n_layers"])
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.metadata["hidden_size"])
+
+    @property
+    def num_rows(self) -> int:
+        return sum(self.reader.get_batch(i).num_rows for i in range(self.reader.num_record_batches))
+
+    def batches(self, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+        """Stream record batches (zero-copy views of the mapped file), optionally only ``columns``."""
+        for i in range(self.reader.num_record_batches):
+            batch = self.reader.get_batch(i)
+            yield batch.select(columns) if columns is not None else batch
+
+    def read_index(self) -> pa.Table:
+        """The token index (small: no vectors)."""
+        return pa.Table.from_batches(list(self.batches(INDEX_COLUMNS)))
+
+
+def vectors(column: pa.Array) -> np.ndarray:
+    """(n, d) numpy view of a fixed-size-list column (zero copy when the column is not sliced)."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    d = column.type.list_size
+    return column.flatten().to_numpy(zero_copy_only=False).reshape(-1, d)
+
+
+def open_dump(path: str | Path) -> Dump:
+    """Memory-map a dump; a file that is not a complete Arrow IPC file raises :class:`DumpError`."""
+    path = Path(path)
+    if not path.exists():
+        raise DumpError(f"dump {path} does not exist")
+    try:
+        reader = pa.ipc.open_file(pa.memory_map(str(path), "r"))
+    except (pa.ArrowInvalid, OSError) as error:
+        raise DumpError(f"dump {path} is not a readable Arrow IPC file ({error}); delete it and rerun the embed step") from None
+    missing = [c for c in INDEX_COLUMNS if c not in reader.schema.names]
+    if missing or f"{META_PREFIX}n_layers".encode() not in (reader.schema.metadata or {}):
+        raise DumpError(f"dump {path} lacks the tokenuni columns/metadata ({', '.join(missing) or 'metadata'})")
+    return Dump(path, reader)
+
+
+def validate_dump(path: str | Path) -> dict:
+    """Check a dump end to end: layers present, rows aligned, positions contiguous per sentence.
+
+    Returns counts (rows, sentences, layers). Raises :class:`DumpError` naming the file and what is wrong.
+    """
+    dump = open_dump(path)
+    meta = dump.metadata
+    layers = [layer_column(i) for i in range(dump.n_layers)]
+    absent = [c for c in layers if c not in dump.reader.schema.names]
+    if absent:
+        raise DumpError(f"dump {path}: metadata says {dump.n_layers} layers but columns {absent} are missing")
+    index = dump.read_index()
+    sentence = index["sentence_id"].to_numpy()
+    position = index["position"].to_numpy()
+    starts = np.flatnonzero(np.r_[True, sentence[1:] != sentence[:-1]])
+    if len(np.unique(sentence[starts])) != len(starts):
+        raise DumpError(f"dump {path}: a sentence's tokens are not contiguous")
+    expected = np.arange(len(sentence)) - np.repeat(starts, np.diff(np.r_[starts, len(sentence)]))
+    if not np.array_equal(position, expected):
+        raise DumpError(f"dump {path}: token positions are not 0..n-1 within each sentence (rows misaligned)")
+    if "tokens" in meta and int(meta["tokens"]) != len(sentence):
+        raise DumpError(f"dump {path}: metadata says {meta['tokens']} tokens, file has {len(sentence)} rows")
+    return {"rows": len(sentence), "sentences": len(starts), "layers": dump.n_layers, "hidden_size": dump.hidden_size}

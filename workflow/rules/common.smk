@@ -1,0 +1,110 @@
+# Helpers shared by the rules: config validation, paths, target lists. No heavy imports here:
+# every job re-reads this file.
+import json
+import re
+
+from snakemake.exceptions import WorkflowError
+
+from tokenuni.config import ConfigError, data_mirror, enabled_metrics, validate_config
+from tokenuni.devices import cuda_device_count
+from tokenuni.metrics import METRICS
+from tokenuni.sources import SourceError, mirror_files, corpus_uses_mirror, require_sources
+from tokenuni.tracking import resolve_tracking_uri
+
+try:
+    validate_config(config)
+except ConfigError as error:
+    raise WorkflowError(str(error)) from None
+
+RESULTS = config["results"]
+RESOURCES = config["resources"]
+MIRROR = data_mirror(config)
+MODELS = list(config["models"])
+CORPORA = list(config["corpora"])
+METRIC_NAMES = enabled_metrics(config)
+# rows drawn as "<row>_by_layer" figures, each with the metric (job) that produces it
+BY_LAYER_FIGURES = {
+    row: name for name in METRIC_NAMES for row in METRICS[name].produces if row != "singular_value"
+}
+# GPU rules ask for one GPU where there is one, and for none on a CPU-only machine (never deadlock)
+GPUS_PER_JOB = 1 if cuda_device_count() > 0 else 0
+
+# Rules run `python -m tokenuni ...`: the python of the active environment (venv or the rule's conda
+# env); run from the workflow directory, `-m` also finds this checkout's library.
+CONDA_ENV = "../../environment.yml"
+os.environ.setdefault("TQDM_MININTERVAL", "10")  # progress lines in logs, not a flood
+
+
+def _choice(names):
+    return "|".join(re.escape(name) for name in names) or "(?!)"
+
+
+wildcard_constraints:
+    model=_choice(MODELS),
+    corpus=_choice(CORPORA),
+    metric=_choice(METRIC_NAMES),
+    row=_choice(BY_LAYER_FIGURES),
+
+
+def job(rule_name):
+    """The --job argument of a stage: its rule and wildcards, for the MLflow run record."""
+    return lambda wildcards: json.dumps({"rule": rule_name, "wildcards": dict(wildcards.items())})
+
+
+def record(rule_name, *wildcard_names):
+    parts = "__".join(f"{{{name}}}" for name in wildcard_names) or rule_name
+    return f"{RESULTS}/runs/{rule_name}/{parts}.json"
+
+
+def corpus_table(corpus):
+    return f"{RESOURCES}/corpora/{corpus}.parquet"
+
+
+def dump_file(model, corpus):
+    return f"{RESULTS}/dumps/{model}/{corpus}.arrow"
+
+
+def metric_table(model, corpus, metric):
+    return f"{RESULTS}/metrics/{model}/{corpus}/{metric}.parquet"
+
+
+def all_metric_tables(metrics=None):
+    return [metric_table(m, c, name) for m in MODELS for c in CORPORA for name in (metrics or METRIC_NAMES)]
+
+
+def all_targets():
+    targets = [f"{RESULTS}/tables/metrics.parquet", f"{RESULTS}/tables/metrics.tsv", f"{RESULTS}/mlflow/sync.json"]
+    targets += [f"{RESULTS}/figures/{row}_by_layer.png" for row in BY_LAYER_FIGURES]
+    if "spectrum" in METRIC_NAMES:
+        targets += [f"{RESULTS}/figures/{m}/{c}/singular_value_cdf.png" for m in MODELS for c in CORPORA]
+    return targets
+
+
+def all_records():
+    """Every run record the study produces (inputs of the MLflow sync)."""
+    records = [f"{RESULTS}/runs/corpus/{c}.json" for c in CORPORA]
+    records += [f"{RESULTS}/runs/embed/{m}__{c}.json" for m in MODELS for c in CORPORA]
+    records += [f"{RESULTS}/runs/metric/{m}__{c}__{name}.json" for m in MODELS for c in CORPORA for name in METRIC_NAMES]
+    records += [f"{RESULTS}/runs/metrics_table/metrics_table.json"]
+    records += [f"{RESULTS}/runs/figure_by_layer/{row}.json" for row in BY_LAYER_FIGURES]
+    if "spectrum" in METRIC_NAMES:
+        records += [f"{RESULTS}/runs/figure_singular_value_cdf/{m}__{c}.json" for m in MODELS for c in CORPORA]
+    return records
+
+
+def corpus_spec(name):
+    return {"name": name, **config["corpora"][name]}
+
+
+def corpus_mirror_files(wildcards):
+    """The mirror files a corpus is read from (inputs, so that a changed file reruns the import)."""
+    spec = config["corpora"][wildcards.corpus]
+    return [str(path) for path in mirror_files(spec, MIRROR)] if corpus_uses_mirror(spec, MIRROR) else []
+
+
+def check_sources_before_start():
+    """Fail before any job starts, with one message listing every unresolvable model or corpus."""
+    try:
+        require_sources(config, MIRROR, probe_hub=True)
+    except SourceError as error:
+        raise WorkflowError(str(error)) from None
