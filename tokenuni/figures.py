@@ -267,5 +267,5 @@ def plot_metric_by_layer(table: pd.DataFrame, metric: str, out_png, out_svg=None
         else:
             title = f"{metric_label(metric)} by layer"
     _set_title(fig, title)
-    fig.legend(loc="outside lower center", fontsize=7, frameon=False, ncols=min(n_lines, 2 if n_lines <= 8 else 3))
+    fig.legend(loc="outside lower center", fontsize=7, frameon=False, handlelength=3.5, ncols=min(n_lines, 2 if n_lines <= 8 else 3))
     save_figure(fig, out_png, out_svg)

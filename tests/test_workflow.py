@@ -1,0 +1,175 @@
+"""The default study end to end through the Snakemake CLI, on the real MiniLM and the mirror data.
+
+Each test runs the workflow in its own working directory (``--directory``) with a copy of the default
+config scaled down, so it never touches the checkout's ``results/``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+
+pytestmark = pytest.mark.workflow
+
+BIN = Path(sys.executable).parent
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "HF_HUB_OFFLINE": "1",
+           "MLFLOW_TRACKING_URI": ""}
+    env.pop("TOKENUNI_DATA", None)  # the copied config names the mirror
+    result = subprocess.run(
+        [str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+         "--cores", "2", *args],
+        capture_output=True, text=True, env=env, timeout=1800,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-6000:]}")
+    return result
+
+
+def output(result: subprocess.CompletedProcess) -> str:
+    """Snakemake reports some errors on stdout, some on stderr."""
+    return result.stdout + result.stderr
+
+
+def write_config(workdir: Path, mirror: Path, **changes) -> dict:
+    with open(REPO / "config" / "config.yaml") as handle:
+        config = yaml.safe_load(handle)
+    config["data_mirror"] = str(mirror)
+    config["corpora"]["stsb-test"]["max_sentences"] = 200
+    config["corpora"]["wikitext"]["max_sentences"] = 100
+    for dotted, value in changes.items():
+        node = config
+        *parents, last = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[last] = value
+    (workdir / "config").mkdir(parents=True, exist_ok=True)
+    with open(workdir / "config" / "config.yaml", "w") as handle:
+        yaml.safe_dump(config, handle)
+    return config
+
+
+def planned_jobs(workdir: Path) -> dict[str, int]:
+    """Rule -> job count of a dry run (Snakemake's job-stats table)."""
+    out = snakemake(workdir, "--dry-run", "--quiet", "rules").stdout
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", out, re.MULTILINE)
+            if m.group(1) != "total"}
+
+
+def mlflow_runs(results: Path):
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("tokenuni-default")
+    return client.search_runs([experiment.experiment_id], max_results=1000)
+
+
+@pytest.fixture(scope="module")
+def study(mirror, tmp_path_factory) -> Path:
+    """The default study, run once for every test in this module."""
+    workdir = tmp_path_factory.mktemp("study")
+    write_config(workdir, mirror)
+    snakemake(workdir)
+    return workdir
+
+
+def test_outputs_figures_and_table(study):
+    results = study / "results"
+    for model_corpus in ("minilm/stsb-test", "minilm/wikitext"):
+        assert (results / "dumps" / f"{model_corpus}.arrow").stat().st_size > 0
+        assert (results / "figures" / model_corpus / "singular_value_cdf.png").stat().st_size > 10_000
+    for row in ("avg_cosine", "singular_value_skewness", "effective_rank", "token_uniformity"):
+        assert (results / "figures" / f"{row}_by_layer.png").stat().st_size > 10_000
+        assert (results / "figures" / f"{row}_by_layer.svg").exists()
+    import pandas as pd
+
+    table = pd.read_parquet(results / "tables" / "metrics.parquet")
+    cosine = table[(table.metric == "avg_cosine") & (table.corpus == "stsb-test")]
+    assert sorted(cosine.layer) == list(range(7))
+    assert cosine.value.between(-1, 1).all()
+    assert not list(results.rglob("*.tmp-*")), "temporary files left behind"
+
+
+def test_one_mlflow_run_per_job(study):
+    results = study / "results"
+    records = sorted((results / "runs").glob("*/*.json"))
+    runs = mlflow_runs(results)
+    assert len(runs) == len(records) == 17
+    assert {run.info.status for run in runs} == {"FINISHED"}
+    rules = sorted(run.data.tags["tokenuni.rule"] for run in runs)
+    assert rules.count("embed") == 2 and rules.count("metric") == 6 and rules.count("corpus") == 2
+    embed = next(r for r in runs if r.data.tags["tokenuni.rule"] == "embed")
+    client_history = embed.data.metrics
+    assert client_history, "embed runs log their figures (tokens, seconds)"
+
+
+def test_second_run_does_nothing(study):
+    assert planned_jobs(study) == {}
+    result = snakemake(study)
+    assert "Nothing to be done" in result.stderr + result.stdout
+
+
+def test_changing_one_metric_option_reruns_only_that_metric(study, mirror):
+    write_config(study, mirror, **{"metrics.token_uniformity.min_tokens": 3})
+    planned = planned_jobs(study)
+    assert planned == {"metric": 2, "figure_by_layer": 1, "metrics_table": 1, "mlflow_sync": 1, "all": 1}
+    snakemake(study)
+    runs = mlflow_runs(study / "results")
+    assert len(runs) == 17 + 4  # two metric jobs, their figure, the table
+    assert planned_jobs(study) == {}
+
+
+def test_lint_is_clean():
+    result = subprocess.run([str(BIN / "snakemake"), "--lint"], cwd=REPO, capture_output=True, text=True,
+                            env={**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "good condition" in result.stdout + result.stderr
+
+
+def test_unknown_config_key_fails_at_parse_time(tmp_path, mirror):
+    write_config(tmp_path, mirror, **{"metrics.spectrum.centerd": True})
+    result = snakemake(tmp_path, "--dry-run", check=False)
+    assert result.returncode != 0
+    assert "unknown config key metrics.spectrum.centerd" in output(result)
+
+
+def test_missing_mirror_file_fails_before_any_job(tmp_path, mirror):
+    write_config(tmp_path, mirror, **{"corpora.wikitext.mirror.files": ["wikitext-2/wiki.train.tokens"]})
+    result = snakemake(tmp_path, check=False)
+    assert result.returncode != 0
+    assert "wiki.train.tokens" in output(result) and "corpus 'wikitext'" in output(result)
+    assert not (tmp_path / "resources").exists() and not (tmp_path / "results" / "dumps").exists()
+
+
+def test_unresolvable_model_fails_before_any_job(tmp_path, mirror):
+    write_config(tmp_path, mirror, **{"models.minilm.id": "nobody/no-such-model", "models.minilm.revision": None})
+    result = snakemake(tmp_path, check=False)
+    assert result.returncode != 0
+    assert "model 'minilm'" in output(result) and "nobody/no-such-model" in output(result)
+    assert not (tmp_path / "results" / "dumps").exists()
+
+
+def test_cli_check_lists_every_problem(tmp_path, mirror):
+    config = write_config(tmp_path, mirror, **{"models.minilm.id": "nobody/no-such-model",
+                                                 "corpora.wikitext.mirror.files": ["nowhere.tokens"]})
+    result = subprocess.run([sys.executable, "-m", "tokenuni", "check", str(tmp_path / "config" / "config.yaml")],
+                            capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode != 0
+    assert "nobody/no-such-model" in result.stderr and "nowhere.tokens" in result.stderr
+    assert config["models"]["minilm"]["id"] == "nobody/no-such-model"
+
+
+def test_run_records_are_json_with_digest(study):
+    record = json.loads((study / "results" / "runs" / "metric" / "minilm__stsb-test__spectrum.json").read_text())
+    assert record["status"] == "FINISHED"
+    assert len(record["tags"]["tokenuni.config_digest"]) >= 12
