@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 
 METRICS: dict[str, type[Metric]] = {cls.name: cls for cls in (Spectrum, AvgCosine, TokenUniformity)}
 
-TIDY_COLUMNS = ["model", "corpus", "layer", "metric", "variant", "component", "value", "n", "sample_size", "seed"]
+TIDY_COLUMNS = ["model", "corpus", "layer", "metric", "variant", "component", "value", "spread", "n", "sample_size",
+                "seed"]
 
 
 def metric_family(metric_row_name: str) -> str:
@@ -30,30 +31,41 @@ def metric_family(metric_row_name: str) -> str:
     raise KeyError(f"no metric produces {metric_row_name!r}; known: {sorted(p for c in METRICS.values() for p in c.produces)}")
 
 
-def make_metric(name: str, options: dict, device) -> Metric:
-    if name not in METRICS:
+def make_metric(name: str | type[Metric], options: dict, device) -> Metric:
+    """An accumulator for metric ``name`` (a config name, or a :class:`Metric` subclass) with ``options``."""
+    cls = name if isinstance(name, type) else METRICS.get(name)
+    if cls is None:
         raise KeyError(f"unknown metric {name!r}; known metrics: {', '.join(METRICS)}")
-    return METRICS[name](device=device, **options)
+    try:
+        return cls(device=device, **options)
+    except TypeError as error:
+        raise ValueError(f"metric {cls.name}: bad options {sorted(options)}: {error}") from None
 
 
-def compute_metric(dump_path, name: str, options: dict, *, model: str, corpus: str, device="cpu",
-                   progress: bool = True) -> pd.DataFrame:
-    """Stream the dump once and return the tidy table of metric ``name`` for every layer."""
+def compute_metric(dump_path, name: str | type[Metric], options: dict, *, model: str, corpus: str,
+                   device="cpu", progress: bool = True) -> pd.DataFrame:
+    """Stream the dump (once per pass the metric needs) and return its tidy table for every layer."""
     from tqdm.auto import tqdm
 
     from tokenuni.store import layer_column, open_dump
 
     dump = open_dump(dump_path)
     layers = list(range(dump.n_layers))
-    accumulators = {layer: make_metric(name, options, device) for layer in layers}
+    accumulators = {layer: make_metric(name, options, device).bind(layer, dump.metadata) for layer in layers}
+    label = accumulators[0].name
+    passes = accumulators[0].passes
     total = dump.reader.num_record_batches
     torch_device = accumulators[0].device
-    for batch in tqdm(dump.batches(), total=total, desc=f"{name} {model}/{corpus}", unit="batch", disable=not progress):
-        tokens = TokenBatch.from_record_batch(batch, torch_device, vector_column=layer_column(0))
-        for layer in layers:
-            if layer:
-                tokens = replace(tokens, x=as_tensor(batch.column(layer_column(layer)), torch_device))
-            accumulators[layer].update(tokens)
+    for index in range(passes):
+        for accumulator in accumulators.values():
+            accumulator.begin_pass(index)
+        desc = f"{label} {model}/{corpus}" + (f" pass {index + 1}/{passes}" if passes > 1 else "")
+        for batch in tqdm(dump.batches(), total=total, desc=desc, unit="batch", disable=not progress):
+            tokens = TokenBatch.from_record_batch(batch, torch_device, vector_column=layer_column(0))
+            for layer in layers:
+                if layer:
+                    tokens = replace(tokens, x=as_tensor(batch.column(layer_column(layer)), torch_device))
+                accumulators[layer].update(tokens)
     rows = []
     for layer in layers:
         for value in accumulators[layer].compute():
@@ -70,5 +82,6 @@ def normalise_tidy(table: pd.DataFrame) -> pd.DataFrame:
     for column in ("component", "sample_size", "seed"):
         table[column] = table[column].astype("Int64")
     table["value"] = table["value"].astype("float64")
+    table["spread"] = table["spread"].astype("float64")
     table["variant"] = table["variant"].fillna("").astype(str)
     return table

@@ -3,9 +3,16 @@
 Every metric follows the same protocol::
 
     metric = SomeMetric(device="cpu", **options)
-    for batch in record_batches:      # pyarrow RecordBatch with the token index and a `vector` column
-        metric.update(batch)          # (or a TokenBatch already on the device)
+    metric.bind(layer=3, metadata=dump.metadata)   # optional: the layer and the dump's metadata
+    for p in range(metric.passes):                 # most metrics need one pass, a few two
+        metric.begin_pass(p)
+        for batch in record_batches:  # pyarrow RecordBatch with the token index and a `vector` column
+            metric.update(batch)      # (or a TokenBatch already on the device)
     rows = metric.compute()           # list[MetricValue]
+
+Sampled metrics draw their sample with :class:`ReservoirSample`: a token is kept when its seeded hash
+of (sentence_id, position) is among the smallest, so the sample is the same whatever the batching,
+the same tokens for every layer, and reproducible from the seed.
 
 Accumulation is in float64 on the metric's device (CUDA when present), so the CPU and GPU paths
 agree to float tolerance. Exact metrics keep sufficient statistics only (sums, Gram matrices);
@@ -33,6 +40,8 @@ class MetricValue:
     component: int | None = None
     sample_size: int | None = None
     seed: int | None = None
+    #: uncertainty of a sampled value: standard deviation over repeated seeds / bootstrap resamples
+    spread: float | None = None
 
 
 @dataclass
@@ -44,7 +53,7 @@ class TokenBatch:
     token_id: "torch.Tensor"  # (n,) int64
     special: "torch.Tensor"  # (n,) bool
     frequency: "torch.Tensor"  # (n,) int64
-    extra: dict = field(default_factory=dict)
+    position: "torch.Tensor | None" = None  # (n,) int64, token position within its sentence
 
     @classmethod
     def from_record_batch(cls, batch: pa.RecordBatch, device, vector_column: str = "vector") -> "TokenBatch":
@@ -59,11 +68,22 @@ class TokenBatch:
             token_id=column("token_id", np.int64),
             special=column("special", np.bool_),
             frequency=column("frequency", np.int64),
+            position=column("position", np.int64) if "position" in batch.schema.names else None,
         )
 
     def select(self, keep: "torch.Tensor") -> "TokenBatch":
         return TokenBatch(self.x[keep], self.sentence_id[keep], self.token_id[keep], self.special[keep],
-                          self.frequency[keep])
+                          self.frequency[keep], None if self.position is None else self.position[keep])
+
+    def positions(self) -> "torch.Tensor":
+        """Token positions; when the batch has none, the running index within each sentence of this batch."""
+        if self.position is not None:
+            return self.position
+        import torch
+
+        _, counts = torch.unique_consecutive(self.sentence_id, return_counts=True)
+        starts = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+        return torch.arange(len(self.sentence_id), device=self.sentence_id.device) - starts
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -76,12 +96,31 @@ class Metric(ABC):
     name: str = ""
     #: names of the rows it produces in the tidy table
     produces: tuple[str, ...] = ()
+    #: how many times the runner streams the dump through :meth:`update` (2: e.g. centre first)
+    passes: int = 1
 
     def __init__(self, device="cpu", special_tokens: bool = False, enabled: bool = True):
         import torch
 
         self.device = torch.device(device)
         self.special_tokens = special_tokens
+        self.layer: int | None = None
+        self.metadata: dict[str, str] = {}
+        self.pass_index = 0
+
+    def bind(self, layer: int | None = None, metadata: dict | None = None) -> "Metric":
+        """Tell the accumulator which layer it sees and the dump's metadata (model facts, corpus)."""
+        self.layer = layer
+        self.metadata = dict(metadata or {})
+        return self
+
+    def begin_pass(self, index: int) -> None:
+        """Called by the runner before pass ``index`` (0-based) over the dump."""
+        self.pass_index = index
+
+    def memory_bytes(self) -> int:
+        """Bytes held by the accumulator's own tensors and arrays (for bounded-memory checks)."""
+        return _nbytes(vars(self), set())
 
     def update(self, batch) -> None:
         if isinstance(batch, pa.RecordBatch):
@@ -96,6 +135,102 @@ class Metric(ABC):
 
     @abstractmethod
     def compute(self) -> list[MetricValue]: ...
+
+
+def _nbytes(obj, seen: set) -> int:
+    import torch
+
+    if id(obj) in seen:
+        return 0
+    seen.add(id(obj))
+    if isinstance(obj, torch.Tensor):
+        return obj.element_size() * obj.nelement()
+    if isinstance(obj, np.ndarray):
+        return obj.nbytes
+    if isinstance(obj, dict):
+        return sum(_nbytes(v, seen) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_nbytes(v, seen) for v in obj)
+    if hasattr(obj, "__dict__") and not isinstance(obj, type):
+        return _nbytes(vars(obj), seen)
+    return 0
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def token_hash(seed: int, sentence_id, position):
+    """A seeded 64-bit hash (splitmix64) of (sentence_id, position), as int64 tensors; order-free."""
+    import torch
+
+    def mix(z):
+        z = z.to(torch.int64)
+        z = (z ^ ((z >> 30) & 0x3FFFFFFFF)) * _signed(0xBF58476D1CE4E5B9)
+        z = (z ^ ((z >> 27) & 0x1FFFFFFFFF)) * _signed(0x94D049BB133111EB)
+        return z ^ ((z >> 31) & 0x1FFFFFFFF)
+
+    key = sentence_id.to(torch.int64) * 1_000_003 + position.to(torch.int64)
+    return mix(key + _signed((int(seed) * 0x9E3779B97F4A7C15) & _MASK64))
+
+
+def _signed(value: int) -> int:
+    value &= _MASK64
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+class ReservoirSample:
+    """A seeded, batching-independent sample of at most ``size`` tokens of a stream.
+
+    Keeps the tokens whose :func:`token_hash` is smallest (bottom-k sampling), so every layer of a
+    dump samples the same tokens and the result does not depend on batch boundaries. Memory is at
+    most 2 × size rows. :meth:`rows` returns the kept rows in (sentence_id, position) order.
+    """
+
+    def __init__(self, size: int, seed: int = 0):
+        self.size = int(size)
+        self.seed = int(seed)
+        self.keys = None
+        self.columns: dict = {}
+        self.seen = 0
+
+    def update(self, batch: TokenBatch, **extra) -> None:
+        """Offer the tokens of ``batch`` (``extra``: further per-token tensors to keep alongside)."""
+        import torch
+
+        position = batch.positions()
+        columns = {"x": batch.x, "sentence_id": batch.sentence_id, "position": position,
+                   "token_id": batch.token_id, "frequency": batch.frequency, **extra}
+        keys = token_hash(self.seed, batch.sentence_id, position)
+        self.seen += len(keys)
+        if self.keys is None:
+            self.keys, self.columns = keys, dict(columns)
+        else:
+            self.keys = torch.cat([self.keys, keys])
+            self.columns = {k: torch.cat([v, columns[k]]) for k, v in self.columns.items()}
+        if len(self.keys) > 2 * self.size:
+            self._shrink()
+
+    def _shrink(self) -> None:
+        import torch
+
+        if len(self.keys) <= self.size:
+            return
+        keep = torch.topk(self.keys, self.size, largest=False).indices
+        self.keys = self.keys[keep]
+        self.columns = {k: v[keep] for k, v in self.columns.items()}
+
+    def rows(self) -> dict:
+        """The sample as a dict of tensors (``x``, ``sentence_id``, ``position``, ``token_id``, ...)."""
+        import torch
+
+        if self.keys is None:
+            return {}
+        self._shrink()
+        order = torch.argsort(self.columns["sentence_id"] * 1_000_003 + self.columns["position"])
+        return {k: v[order] for k, v in self.columns.items()}
+
+    def __len__(self) -> int:
+        return 0 if self.keys is None else min(len(self.keys), self.size)
 
 
 def as_tensor(column: pa.Array, device):
