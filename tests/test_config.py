@@ -83,3 +83,17 @@ def test_no_mirror_set_is_explained(monkeypatch):
     config = validate_config(default_config())
     problems = check_sources(config, None)
     assert any("no data mirror set (set TOKENUNI_DATA" in p for p in problems)
+
+
+def test_checkpoints_expand_to_one_model_per_training_step():
+    from tokenuni.config import model_specs
+
+    config = default_config()
+    config["models"]["pythia"] = {"id": "EleutherAI/pythia-70m", "checkpoints": [
+        {"step": 1000, "revision": "step1000"}, {"step": 143000, "revision": "step143000"}]}
+    models = model_specs(validate_config(config))
+    assert set(models) == {"minilm", "pythia@step1000", "pythia@step143000"}
+    assert models["pythia@step1000"]["revision"] == "step1000"
+    assert models["pythia@step1000"]["training_step"] == 1000
+    assert models["minilm"]["training_step"] is None
+    assert "checkpoints" not in models["pythia@step143000"]

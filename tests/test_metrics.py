@@ -99,7 +99,7 @@ def test_special_tokens_option_changes_the_token_set(minilm_dump):
 
 def test_tidy_table_columns(tables):
     for table in tables.values():
-        assert list(table.columns) == ["model", "corpus", "layer", "metric", "variant", "component", "value", "spread", "n",
+        assert list(table.columns) == ["model", "training_step", "corpus", "layer", "metric", "variant", "component", "value", "spread", "n",
                                        "sample_size", "seed"]
         assert set(table.layer) == set(range(7))  # MiniLM: embeddings + 6 blocks
         assert table.value.notna().all()

@@ -97,6 +97,24 @@ def digest(subtree: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def model_specs(config: dict) -> dict[str, dict]:
+    """The study's models with checkpoints expanded: ``<key>@step<step>`` per training-step checkpoint.
+
+    A model without ``checkpoints`` is itself (``training_step`` None); with them, each checkpoint is
+    the same spec at its revision with ``training_step`` set (``checkpoints`` removed).
+    """
+    models = {}
+    for key, spec in config["models"].items():
+        base = {k: v for k, v in spec.items() if k != "checkpoints"}
+        if not spec.get("checkpoints"):
+            models[key] = {**base, "training_step": None}
+            continue
+        for checkpoint in spec["checkpoints"]:
+            models[f"{key}@step{checkpoint['step']}"] = {**base, "revision": checkpoint["revision"],
+                                                          "training_step": checkpoint["step"]}
+    return models
+
+
 def enabled_metrics(config: dict) -> list[str]:
     """Names of the metrics whose ``enabled`` flag is true, in schema order."""
     return [name for name, options in config["metrics"].items() if options.get("enabled", True)]

@@ -59,6 +59,52 @@ def load_model(spec: dict, device, source: ModelSource | None = None):
     return tokenizer, model
 
 
+def _block_list(model, n_blocks: int):
+    """The ModuleList of the model's transformer blocks (the first one with ``n_blocks`` entries), or None."""
+    import torch
+
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == n_blocks:
+            return name
+    return None
+
+
+def layernorm_scales(model) -> list[dict]:
+    """Every LayerNorm/RMSNorm of ``model`` with the dump layer it shapes and the norms of γ and β.
+
+    Over-smoothing (Shi et al., "Revisiting Over-smoothing in BERT from the Perspective of Graph",
+    ICLR 2022) depends on the layer-norm scale: a norm inside transformer block i is attributed to
+    layer i + 1 (the block's output, hidden_states[i + 1]); norms before the blocks (embeddings) to
+    layer 0 and after them (a final norm, e.g. GPT-2's ``ln_f``) to the last layer. Where blocks share
+    weights (ALBERT) the shared norms are attributed to every block layer (``layer`` = -1 → all).
+    """
+    n_blocks = int(model.config.num_hidden_layers)
+    blocks = _block_list(model, n_blocks)
+    seen_blocks = False
+    rows = []
+    for name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        if weight is None or not ("norm" in type(module).__name__.lower() or name.lower().endswith(("layernorm", "ln_f", "ln_1", "ln_2"))):
+            continue
+        if weight.ndim != 1:
+            continue
+        if blocks is not None and name.startswith(blocks + "."):
+            block = int(name[len(blocks) + 1:].split(".")[0])
+            layer, part = block + 1, ".".join(name[len(blocks) + 1:].split(".")[1:])
+            seen_blocks = True
+        elif blocks is None:
+            layer, part = (0 if "embed" in name.lower() else -1), name
+        else:
+            layer, part = (n_blocks if seen_blocks else 0), name
+        bias = getattr(module, "bias", None)
+        rows.append({
+            "layer": layer, "module": part, "size": int(weight.numel()),
+            "gamma_norm": float(weight.detach().float().norm()),
+            "beta_norm": float(bias.detach().float().norm()) if bias is not None else 0.0,
+        })
+    return rows
+
+
 def tokenize(tokenizer, texts: list[str], max_length: int):
     """Token ids and special-token masks per text (truncated to ``max_length``), plus the truncated count."""
     encoded = tokenizer(texts, truncation=True, max_length=max_length, return_special_tokens_mask=True,
@@ -117,6 +163,11 @@ def embed_corpus(corpus_path, model_spec: dict, out_path, *, corpus_name: str = 
         "truncated_sentences": str(truncated),
         "frequency": "occurrences of token_id in the tokenised (truncated) corpus, special tokens included",
         "versions": library_versions(),
+        "is_decoder": str(bool(getattr(model.config, "is_decoder", False)
+                               or model.config.model_type in {"gpt2", "gpt_neo", "gpt_neox", "gptj", "llama",
+                                                              "mistral", "opt", "qwen2", "bloom", "falcon"})).lower(),
+        "training_step": "" if model_spec.get("training_step") is None else str(model_spec["training_step"]),
+        "layernorm": layernorm_scales(model),
     }
     if truncated:
         log.warning("%d of %d sentences were longer than %d tokens and were truncated", truncated, len(texts), max_length)

@@ -135,7 +135,9 @@ def check_sources(config: dict, mirror: str | None, probe_hub: bool = True) -> l
     """
     problems: list[str] = []
     needs_hub: list[tuple[str, str]] = []
-    for key, spec in config["models"].items():
+    from tokenuni.config import model_specs
+
+    for key, spec in model_specs(config).items():
         try:
             source = resolve_model(spec)
         except SourceError as error:

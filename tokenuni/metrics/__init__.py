@@ -12,14 +12,17 @@ import pandas as pd
 
 from tokenuni.metrics.avg_cosine import AvgCosine
 from tokenuni.metrics.base import Metric, MetricValue, TokenBatch, as_tensor
+from tokenuni.metrics.oversmoothing import LayerNormScale, Oversmoothing
 from tokenuni.metrics.spectrum import Spectrum
 from tokenuni.metrics.token_uniformity import TokenUniformity
 
 log = logging.getLogger(__name__)
 
-METRICS: dict[str, type[Metric]] = {cls.name: cls for cls in (Spectrum, AvgCosine, TokenUniformity)}
+METRICS: dict[str, type[Metric]] = {
+    cls.name: cls for cls in (Spectrum, AvgCosine, TokenUniformity, Oversmoothing, LayerNormScale)
+}
 
-TIDY_COLUMNS = ["model", "corpus", "layer", "metric", "variant", "component", "value", "spread", "n", "sample_size",
+TIDY_COLUMNS = ["model", "training_step", "corpus", "layer", "metric", "variant", "component", "value", "spread", "n", "sample_size",
                 "seed"]
 
 
@@ -66,10 +69,11 @@ def compute_metric(dump_path, name: str | type[Metric], options: dict, *, model:
                 if layer:
                     tokens = replace(tokens, x=as_tensor(batch.column(layer_column(layer)), torch_device))
                 accumulators[layer].update(tokens)
+    step = dump.metadata.get("training_step") or None
     rows = []
     for layer in layers:
         for value in accumulators[layer].compute():
-            rows.append({"model": model, "corpus": corpus, "layer": layer, **value.__dict__})
+            rows.append({"model": model, "training_step": step, "corpus": corpus, "layer": layer, **value.__dict__})
     table = pd.DataFrame(rows, columns=TIDY_COLUMNS)
     return normalise_tidy(table)
 
@@ -79,6 +83,7 @@ def normalise_tidy(table: pd.DataFrame) -> pd.DataFrame:
     table = table.reindex(columns=TIDY_COLUMNS)
     table["layer"] = table["layer"].astype("int64")
     table["n"] = table["n"].astype("int64")
+    table["training_step"] = pd.to_numeric(table["training_step"]).astype("Int64")
     for column in ("component", "sample_size", "seed"):
         table[column] = table[column].astype("Int64")
     table["value"] = table["value"].astype("float64")

@@ -5,7 +5,7 @@ import re
 
 from snakemake.exceptions import WorkflowError
 
-from tokenuni.config import ConfigError, data_mirror, enabled_metrics, validate_config
+from tokenuni.config import ConfigError, data_mirror, enabled_metrics, model_specs, validate_config
 from tokenuni.devices import cuda_device_count
 from tokenuni.metrics import METRICS
 from tokenuni.sources import SourceError, mirror_files, corpus_uses_mirror, require_sources
@@ -19,7 +19,8 @@ except ConfigError as error:
 RESULTS = config["results"]
 RESOURCES = config["resources"]
 MIRROR = data_mirror(config)
-MODELS = list(config["models"])
+MODEL_SPECS = model_specs(config)  # checkpoints expanded: "<key>@step<step>"
+MODELS = list(MODEL_SPECS)
 CORPORA = list(config["corpora"])
 METRIC_NAMES = enabled_metrics(config)
 # rows drawn as "<row>_by_layer" figures, each with the metric (job) that produces it

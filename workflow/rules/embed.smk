@@ -8,7 +8,7 @@ rule embed:
         dump=dump_file("{model}", "{corpus}"),
         record=record("embed", "model", "corpus"),
     params:
-        model=lambda wildcards: json.dumps(config["models"][wildcards.model]),
+        model=lambda wildcards: json.dumps(MODEL_SPECS[wildcards.model]),
         job=job("embed"),
     threads: 4
     resources:

@@ -9,7 +9,7 @@ rule figure_singular_value_cdf:
         svg=f"{RESULTS}/figures/{{model}}/{{corpus}}/singular_value_cdf.svg",
         record=record("figure_singular_value_cdf", "model", "corpus"),
     params:
-        model_label=lambda wildcards: config["models"][wildcards.model]["id"],
+        model_label=lambda wildcards: MODEL_SPECS[wildcards.model]["id"],
         job=job("figure_singular_value_cdf"),
     conda:
         CONDA_ENV
