@@ -95,5 +95,5 @@ def test_checkpoints_expand_to_one_model_per_training_step():
     assert set(models) == {"minilm", "pythia@step1000", "pythia@step143000"}
     assert models["pythia@step1000"]["revision"] == "step1000"
     assert models["pythia@step1000"]["training_step"] == 1000
-    assert models["minilm"]["training_step"] is None
+    assert "training_step" not in models["minilm"]
     assert "checkpoints" not in models["pythia@step143000"]

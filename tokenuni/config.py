@@ -100,14 +100,14 @@ def digest(subtree: Any) -> str:
 def model_specs(config: dict) -> dict[str, dict]:
     """The study's models with checkpoints expanded: ``<key>@step<step>`` per training-step checkpoint.
 
-    A model without ``checkpoints`` is itself (``training_step`` None); with them, each checkpoint is
+    A model without ``checkpoints`` is itself (no ``training_step``); with them, each checkpoint is
     the same spec at its revision with ``training_step`` set (``checkpoints`` removed).
     """
     models = {}
     for key, spec in config["models"].items():
         base = {k: v for k, v in spec.items() if k != "checkpoints"}
         if not spec.get("checkpoints"):
-            models[key] = {**base, "training_step": None}
+            models[key] = base
             continue
         for checkpoint in spec["checkpoints"]:
             models[f"{key}@step{checkpoint['step']}"] = {**base, "revision": checkpoint["revision"],

@@ -96,6 +96,8 @@ class Metric(ABC):
     name: str = ""
     #: names of the rows it produces in the tidy table
     produces: tuple[str, ...] = ()
+    #: those of them that are vector-valued (one row per ``component``: singular values, silhouette per k)
+    vector_rows: tuple[str, ...] = ()
     #: how many times the runner streams the dump through :meth:`update` (2: e.g. centre first)
     passes: int = 1
 

@@ -132,8 +132,9 @@ class LayerNormScale(Metric):
 
     def compute(self) -> list[MetricValue]:
         raw = self.metadata.get("layernorm")
-        if not raw:
-            return []
+        if raw is None:
+            raise ValueError(f"dump of model {self.metadata.get('model_id', '?')} has no layer-norm metadata "
+                             "(written by an older tokenuni): rerun its embed job (snakemake --forcerun embed)")
         rows = []
         for norm in json.loads(raw):
             shared = norm["layer"] == -1 and (self.layer or 0) > 0  # shared across blocks (ALBERT)

@@ -25,7 +25,10 @@ CORPORA = list(config["corpora"])
 METRIC_NAMES = enabled_metrics(config)
 # rows drawn as "<row>_by_layer" figures, each with the metric (job) that produces it
 BY_LAYER_FIGURES = {
-    row: name for name in METRIC_NAMES for row in METRICS[name].produces if row != "singular_value"
+    row: name
+    for name in METRIC_NAMES
+    for row in METRICS[name].produces
+    if row not in METRICS[name].vector_rows
 }
 # GPU rules ask for one GPU where there is one, and for none on a CPU-only machine (never deadlock)
 GPUS_PER_JOB = 1 if cuda_device_count() > 0 else 0
