@@ -85,6 +85,8 @@ def cmd_embed(args) -> None:
 
 
 def cmd_metric(args) -> None:
+    import pandas as pd
+
     from tokenuni.devices import select_device
     from tokenuni.metrics import compute_metric
     from tokenuni.tables import write_table
@@ -102,6 +104,12 @@ def cmd_metric(args) -> None:
             for row in scalars.itertuples():
                 key = row.metric + (f".{row.variant}" if row.variant else "")
                 run.log_metric(key, row.value, step=row.layer)
+                if pd.notna(row.spread):
+                    run.log_metric(f"{key}.spread", row.spread, step=row.layer)
+            sampled = table[table["sample_size"].notna()].drop_duplicates("metric")
+            run.log_params({f"sampling.{row.metric}": {"sample_size": int(row.sample_size),
+                                                       "seed": None if pd.isna(row.seed) else int(row.seed)}
+                            for row in sampled.itertuples()})
             run.log_artifact(args.out, "metrics")
     log.info("metric %s on %s/%s: %d rows -> %s", args.name, args.model, args.corpus, len(table), args.out)
 
