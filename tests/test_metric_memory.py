@@ -19,7 +19,7 @@ BUDGET = 8 * 2**20  # bytes an accumulator may hold; the dump below is ~3.7 time
 def large_dump(tmp_path_factory):
     path = tmp_path_factory.mktemp("large") / "large.arrow"
     rng = np.random.default_rng(0)
-    with DumpWriter(path, n_layers=1, hidden_size=DIM, metadata={"model_id": "synthetic"}) as writer:
+    with DumpWriter(path, n_layers=1, hidden_size=DIM, metadata={"model_id": "synthetic", "layernorm": []}) as writer:
         for start in range(0, TOKENS, 4_000):
             n = 4_000
             rows = np.arange(start, start + n)

@@ -1,7 +1,7 @@
 """Geometry metrics, one module per metric (``tokenuni/metrics/<name>.py``), and the runner.
 
 :data:`METRICS` maps a config name to its accumulator class; :func:`compute_metric` streams a dump
-once, feeding every layer's accumulator, and returns the tidy rows.
+(once per pass the metric needs), feeding every layer's accumulator, and returns the tidy rows.
 """
 from __future__ import annotations
 
@@ -10,20 +10,21 @@ from dataclasses import replace
 
 import pandas as pd
 
-from tokenuni.metrics.avg_cosine import AvgCosine
 from tokenuni.metrics.base import Metric, MetricValue, TokenBatch, as_tensor
+from tokenuni.metrics.cosine_family import CosineFamily
 from tokenuni.metrics.oversmoothing import LayerNormScale, Oversmoothing
 from tokenuni.metrics.spectrum import Spectrum
 from tokenuni.metrics.token_uniformity import TokenUniformity
+from tokenuni.metrics.word_frequency import WordFrequency
 
 log = logging.getLogger(__name__)
 
 METRICS: dict[str, type[Metric]] = {
-    cls.name: cls for cls in (Spectrum, AvgCosine, TokenUniformity, Oversmoothing, LayerNormScale)
+    cls.name: cls for cls in (Spectrum, CosineFamily, TokenUniformity, Oversmoothing, LayerNormScale, WordFrequency)
 }
 
-TIDY_COLUMNS = ["model", "training_step", "corpus", "layer", "metric", "variant", "component", "value", "spread", "n", "sample_size",
-                "seed"]
+TIDY_COLUMNS = ["model", "training_step", "corpus", "layer", "metric", "variant", "component", "value", "spread",
+                "n", "sample_size", "seed"]
 
 
 def metric_family(metric_row_name: str) -> str:
