@@ -10,8 +10,10 @@ from dataclasses import replace
 
 import pandas as pd
 
+from tokenuni.metrics.alignment_uniformity import AlignmentUniformity
 from tokenuni.metrics.base import Metric, MetricValue, TokenBatch, as_tensor
 from tokenuni.metrics.cosine_family import CosineFamily
+from tokenuni.metrics.lid import LocalIntrinsicDimension
 from tokenuni.metrics.oversmoothing import LayerNormScale, Oversmoothing
 from tokenuni.metrics.spectrum import Spectrum
 from tokenuni.metrics.token_uniformity import TokenUniformity
@@ -20,7 +22,9 @@ from tokenuni.metrics.word_frequency import WordFrequency
 log = logging.getLogger(__name__)
 
 METRICS: dict[str, type[Metric]] = {
-    cls.name: cls for cls in (Spectrum, CosineFamily, TokenUniformity, Oversmoothing, LayerNormScale, WordFrequency)
+    cls.name: cls
+    for cls in (Spectrum, CosineFamily, TokenUniformity, Oversmoothing, LayerNormScale, WordFrequency,
+                LocalIntrinsicDimension, AlignmentUniformity)
 }
 
 TIDY_COLUMNS = ["model", "training_step", "corpus", "layer", "metric", "variant", "component", "value", "spread",
