@@ -121,11 +121,11 @@ def test_metric_by_layer_several_variants_and_unknown_metric(tmp_path):
     check_outputs(tmp_path, png, svg)
     assert "stsb-test · centred" in svg.read_text(encoding="utf-8")
 
-    new = table[table["metric"] == "token_uniformity"].assign(metric="isoscore")
-    png2, svg2 = tmp_path / "iso.png", tmp_path / "iso.svg"
-    plot_metric_by_layer(pd.concat([table, new]), "isoscore", png2, svg2, title="IsoScore")
+    new = table[table["metric"] == "token_uniformity"].assign(metric="brand_new_metric")
+    png2, svg2 = tmp_path / "new.png", tmp_path / "new.svg"
+    plot_metric_by_layer(pd.concat([table, new]), "brand_new_metric", png2, svg2, title="New")
     check_outputs(tmp_path, png2, svg2)
-    assert "isoscore" in svg2.read_text(encoding="utf-8")  # default ylabel: the metric name
+    assert "brand_new_metric" in svg2.read_text(encoding="utf-8")  # default ylabel: the metric name
 
 
 def test_metric_by_layer_averages_seeds(tmp_path):

@@ -13,8 +13,11 @@ import pandas as pd
 from tokenuni.metrics.alignment_uniformity import AlignmentUniformity
 from tokenuni.metrics.base import Metric, MetricValue, TokenBatch, as_tensor
 from tokenuni.metrics.cosine_family import CosineFamily
+from tokenuni.metrics.isoscore import IsoScoreMetric
 from tokenuni.metrics.lid import LocalIntrinsicDimension
 from tokenuni.metrics.oversmoothing import LayerNormScale, Oversmoothing
+from tokenuni.metrics.partition_isotropy import PartitionIsotropy
+from tokenuni.metrics.sentence_spectrum import SentenceSpectrum
 from tokenuni.metrics.spectrum import Spectrum
 from tokenuni.metrics.token_uniformity import TokenUniformity
 from tokenuni.metrics.word_frequency import WordFrequency
@@ -23,8 +26,8 @@ log = logging.getLogger(__name__)
 
 METRICS: dict[str, type[Metric]] = {
     cls.name: cls
-    for cls in (Spectrum, CosineFamily, TokenUniformity, Oversmoothing, LayerNormScale, WordFrequency,
-                LocalIntrinsicDimension, AlignmentUniformity)
+    for cls in (Spectrum, SentenceSpectrum, CosineFamily, TokenUniformity, Oversmoothing, LayerNormScale,
+                WordFrequency, LocalIntrinsicDimension, AlignmentUniformity, IsoScoreMetric, PartitionIsotropy)
 }
 
 TIDY_COLUMNS = ["model", "training_step", "corpus", "layer", "metric", "variant", "component", "value", "spread",

@@ -12,7 +12,10 @@ G = XᵀX = Σ_batches X_bᵀX_b and s = Σ x_i (float64), so for any N:
 Reported per layer (``variant`` = uncentred / centred): every singular value (``singular_value``,
 component 0 = largest, min(N, d) of them, N − 1 when centred), the skewness of the normalised values
 s / max s (``singular_value_skewness``: population skewness m₃ / m₂^{3/2}, as ``scipy.stats.skew``; the
-normalisation does not change it) and the effective rank exp(H(p)), p_k = σ_k / Σσ (Roy & Vetterli 2007).
+normalisation does not change it), the effective rank exp(H(p)), p_k = σ_k / Σσ (Roy & Vetterli 2007), and
+the fraction of the variance explained by the top k principal components (``explained_variance``,
+component = k for each k in ``explained_variance_k``): Σ_{i≤k} σ_i² / Σ_i σ_i² (Yan et al.'s top-k
+explained variance; of the second moment about 0 for the uncentred variant; 1 when k ≥ the rank).
 
 Unlike the paper's code (a truncated SVD that drops the smallest singular value and keeps padding
 tokens), this is the exact spectrum of the real tokens, padding excluded.
@@ -44,6 +47,16 @@ def effective_rank(singular_values: np.ndarray) -> float:
     return float(np.exp(-(p * np.log(p)).sum()))
 
 
+def explained_variance(singular_values: np.ndarray, ks) -> dict[int, float]:
+    """Σ_{i≤k} σ_i² / Σ σ_i² for each k (values descending); empty if all are zero."""
+    energy = np.asarray(singular_values, dtype=np.float64) ** 2
+    total = energy.sum()
+    if total <= 0:
+        return {}
+    cumulative = np.cumsum(energy)
+    return {k: float(cumulative[min(k, len(energy)) - 1] / total) for k in ks}
+
+
 def singular_values_from_gram(gram: np.ndarray, rank_bound: int) -> np.ndarray:
     """Singular values (descending) of a matrix whose Gram matrix is ``gram``; negatives from rounding -> 0."""
     eigenvalues = np.linalg.eigvalsh(gram)[::-1]
@@ -52,11 +65,15 @@ def singular_values_from_gram(gram: np.ndarray, rank_bound: int) -> np.ndarray:
 
 class Spectrum(Metric):
     name = "spectrum"
-    produces = ("singular_value", "singular_value_skewness", "effective_rank")
+    produces = ("singular_value", "singular_value_skewness", "effective_rank", "explained_variance")
+    vector_rows = ("singular_value", "explained_variance")
 
-    def __init__(self, device="cpu", variants=("uncentred", "centred"), **options):
+    def __init__(self, device="cpu", variants=("uncentred", "centred"), explained_variance_k=(1, 10, 50), **options):
         super().__init__(device, **options)
         self.variants = tuple(variants)
+        self.explained_variance_k = tuple(int(k) for k in explained_variance_k)
+        if any(k < 1 for k in self.explained_variance_k):
+            raise ValueError(f"explained_variance_k must be positive integers, got {explained_variance_k}")
         self.gram = None
         self.total = None
         self.count = 0
@@ -93,4 +110,6 @@ class Spectrum(Metric):
             if len(values) and values[0] > 0:
                 rows.append(MetricValue("singular_value_skewness", skewness(values / values[0]), n, variant))
             rows.append(MetricValue("effective_rank", effective_rank(values), n, variant))
+            rows += [MetricValue("explained_variance", fraction, n, variant, component=k)
+                     for k, fraction in explained_variance(values, self.explained_variance_k).items()]
         return rows

@@ -1,0 +1,156 @@
+"""IsoScore and IsoScore* of a layer's token representations.
+
+IsoScore — Rudman, Gillman, Rayne, Eickhoff, "IsoScore: Measuring the Uniformity of Embedding Space
+Utilization", Findings of ACL 2022. For N points in ℝⁿ (n = hidden size d):
+
+1. reorient the points to their principal components (PCA);
+2. variance vector λ = the variances along the principal components = the eigenvalues of the covariance Σ;
+3. normalise it to the norm of the identity diagonal: λ̂ = √n λ / ‖λ‖;
+4. distance to the identity diagonal 1 = (1, …, 1): ‖λ̂ − 1‖;
+5. isotropy defect δ = ‖λ̂ − 1‖ / √(2(n − √n))  (0 ≤ δ ≤ 1);
+6. dimensions used k = (n − δ²(n − √n))² / n, fraction used φ = k / n;
+7. IsoScore ι = (n φ − 1) / (n − 1) = ((n − δ²(n − √n))² − n) / (n(n − 1)).
+
+Algebraically k = (Σλ)² / Σλ² (the participation ratio), so ι = (PR − 1) / (n − 1): 1 when all n
+directions carry equal variance, 0 when one does, (k − 1)/(n − 1) when k directions carry equal variance.
+IsoScore is invariant to scaling Σ, so the population or sample covariance give the same value; we use
+the sample covariance (ddof = 1) as the reference package ``isoscore`` (``torch.cov``) does, which
+matters for IsoScore* below. The paper asks for N ≥ n points; with fewer the covariance has rank
+≤ N − 1, so ι ≤ (N − 2)/(n − 1) — the row's ``n`` says how many tokens it used. The package computes
+√n in float32 (``torch.sqrt`` of an integer tensor), so it agrees with this float64 code to ~1e-8
+relative, not to the last bit.
+
+Streaming and exact: the accumulator keeps G = Σ xᵢxᵢᵀ, s = Σ xᵢ and N in float64 on the device, so
+Σ = (G − s sᵀ / N) / (N − 1) for any number of tokens (row ``isoscore``, no sampling).
+
+IsoScore* — Rudman & Eickhoff, "Stable Anisotropic Regularization", ICLR 2024: IsoScore computed from
+a shrinkage covariance Σ_ζ = (1 − ζ) Σ_S + ζ Σ_D, where Σ_S is the covariance of a mini-batch S of
+token states and Σ_D the covariance of a larger set D of token states (regularised discriminant
+analysis; their code: ``(1 - zeta) * C + zeta * C0``, ζ = 0.2 in their experiments). Here S is a
+seeded mini-batch of ``sample_size`` tokens of the layer drawn with :class:`ReservoirSample` (the
+same tokens in every layer), and D is *every* token of the layer (Σ_D exact from the streamed sums).
+Deviation from their code: their C0 pools up to 250k token states of all layers and is rebuilt each
+training epoch; a per-layer measurement has only its own layer, so Σ_D is that layer's covariance.
+ζ = 1 gives the layer's IsoScore, ζ = 0 the IsoScore of the mini-batch alone.
+
+Uncertainty of IsoScore* (``spread``): the standard deviation (ddof = 1) of IsoScore* over
+``bootstrap`` resamples with replacement of the mini-batch (seeded by ``seed``; 0 disables). The
+replicates use the participation-ratio identity (tr Σ_ζ)² / ‖Σ_ζ‖_F² (equal to the eigenvalue route to
+rounding, without a d × d eigendecomposition per replicate).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from tokenuni.metrics.base import Metric, MetricValue, ReservoirSample, TokenBatch
+
+
+def isoscore_from_variances(variances) -> float:
+    """IsoScore from the principal-component variances λ (the paper's steps 3-7); nan if Σλ = 0 or n < 2."""
+    lam = np.clip(np.asarray(variances, dtype=np.float64), 0.0, None)
+    n = len(lam)
+    norm = float(np.linalg.norm(lam))
+    if n < 2 or norm == 0.0:
+        return math.nan
+    normalised = math.sqrt(n) * lam / norm  # step 3: same norm as the identity diagonal (1, ..., 1)
+    distance = float(np.linalg.norm(normalised - 1.0))  # step 4
+    defect = distance / math.sqrt(2.0 * (n - math.sqrt(n)))  # step 5: isotropy defect in [0, 1]
+    dimensions_used = (n - defect ** 2 * (n - math.sqrt(n))) ** 2 / n  # step 6
+    fraction_used = dimensions_used / n
+    return (n * fraction_used - 1.0) / (n - 1.0)  # step 7
+
+
+def isoscore_from_covariance(covariance) -> float:
+    """IsoScore of a covariance matrix (torch tensor or array): steps 1-2 are its eigenvalues."""
+    import torch
+
+    covariance = torch.as_tensor(covariance, dtype=torch.float64)
+    covariance = (covariance + covariance.T) / 2
+    return isoscore_from_variances(torch.linalg.eigvalsh(covariance).cpu().numpy())
+
+
+def isoscore_from_moments(covariance) -> float:
+    """IsoScore via the participation ratio, (tr(Σ)² / ‖Σ‖_F² − 1) / (n − 1): no eigendecomposition."""
+    trace = float(covariance.diagonal().sum())
+    frobenius_sq = float((covariance * covariance).sum())
+    n = covariance.shape[0]
+    if n < 2 or frobenius_sq <= 0:
+        return math.nan
+    return (trace * trace / frobenius_sq - 1.0) / (n - 1.0)
+
+
+def sample_covariance(x):
+    """Covariance (ddof = 1) of the rows of ``x`` (a torch tensor), as ``torch.cov(x.T)``."""
+    centred = x - x.mean(dim=0)
+    return centred.T @ centred / (x.shape[0] - 1)
+
+
+class IsoScoreMetric(Metric):
+    name = "isoscore"
+    produces = ("isoscore", "isoscore_star")
+
+    def __init__(self, device="cpu", zeta: float = 0.2, sample_size: int = 1024, seed: int = 0, bootstrap: int = 20,
+                 **options):
+        super().__init__(device, **options)
+        if not 0.0 <= float(zeta) <= 1.0:
+            raise ValueError(f"zeta must be in [0, 1], got {zeta}")
+        self.zeta = float(zeta)
+        self.sample_size = int(sample_size)
+        self.seed = int(seed)
+        self.bootstrap = int(bootstrap)
+        self.gram = None
+        self.total = None
+        self.count = 0
+        self.sample = ReservoirSample(self.sample_size, self.seed)
+
+    def _update(self, batch: TokenBatch) -> None:
+        if self.gram is None:
+            d = batch.x.shape[1]
+            self.gram = batch.x.new_zeros((d, d))
+            self.total = batch.x.new_zeros(d)
+        self.gram += batch.x.T @ batch.x
+        self.total += batch.x.sum(dim=0)
+        self.count += len(batch)
+        self.sample.update(batch)
+
+    def covariance(self):
+        """The layer's sample covariance Σ_D (ddof = 1), exact from the streamed sums."""
+        mean = self.total / self.count
+        return (self.gram - self.count * mean.outer(mean)) / (self.count - 1)
+
+    def star(self, sample_x, data_covariance, score=isoscore_from_covariance) -> float:
+        """IsoScore* of a mini-batch ``sample_x`` shrunk toward ``data_covariance``."""
+        shrunk = (1.0 - self.zeta) * sample_covariance(sample_x) + self.zeta * data_covariance
+        return score(shrunk)
+
+    def compute(self) -> list[MetricValue]:
+        import torch
+
+        if self.count < 2:
+            return []
+        data_covariance = self.covariance()
+        rows = []
+        score = isoscore_from_covariance(data_covariance)
+        if not math.isnan(score):
+            rows.append(MetricValue("isoscore", score, self.count))
+        sample_x = self.sample.rows().get("x")
+        if sample_x is None or len(sample_x) < 2:
+            return rows
+        star = self.star(sample_x, data_covariance)
+        if math.isnan(star):
+            return rows
+        spread = None
+        if self.bootstrap > 1:
+            generator = torch.Generator().manual_seed(self.seed)
+            m = len(sample_x)
+            replicates = []
+            for _ in range(self.bootstrap):
+                index = torch.randint(0, m, (m,), generator=generator).to(sample_x.device)
+                replicates.append(self.star(sample_x[index], data_covariance, isoscore_from_moments))
+            replicates = np.array([r for r in replicates if not math.isnan(r)])
+            spread = float(np.std(replicates, ddof=1)) if len(replicates) > 1 else None
+        rows.append(MetricValue("isoscore_star", star, self.count, sample_size=len(sample_x), seed=self.seed,
+                                spread=spread))
+        return rows

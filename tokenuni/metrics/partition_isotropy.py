@@ -1,0 +1,128 @@
+"""Partition-function isotropy I(V) of a layer's token representations.
+
+Mu & Viswanath, "All-but-the-Top: Simple and Effective Postprocessing for Word Representations",
+ICLR 2018; used for contextual representations by Cai, Huang, Bian, Church, "Isotropy in the
+Contextual Embedding Space: Clusters and Manifolds", ICLR 2021, and Rajaee & Pilehvar, "A
+Cluster-based Approach for Improving Isotropy in Contextual Embedding Space", ACL 2021:
+
+    I(V) = min_{u ∈ U} Z(u) / max_{u ∈ U} Z(u),   Z(u) = Σ_i exp(uᵀ v_i),
+
+with U the eigenvectors of VᵀV (a tractable stand-in for the unit sphere, over which I would be
+exact). 1 = isotropic (Z constant), → 0 when some direction dominates. Variants: ``uncentred`` (the
+vectors as they are, as Rajaee & Pilehvar) and ``centred`` (v − μ, eigenvectors of the centred scatter
+(V − 1μᵀ)ᵀ(V − 1μᵀ)).
+
+Eigenvector signs: ``eigh`` returns each eigenvector up to sign, and Z(u) ≠ Z(−u), so the published
+code's value depends on the LAPACK build. With ``signs="both"`` (default) U holds u and −u for every
+eigenvector (2d directions): sign-free, the same on CPU and GPU, and closer to the min/max over the
+sphere that U stands in for. ``signs="canonical"`` uses each eigenvector once, signed so that its
+largest-magnitude entry is positive (reproducible, but an arbitrary choice like the original's).
+
+Streaming, two passes (``passes = 2``): pass 0 accumulates VᵀV and Σv (float64) and fixes U; pass 1
+accumulates log Z(u) for every u with a running log-sum-exp (per direction a running maximum m and
+Σ exp(uᵀv − m)), so it never overflows — the raw exp of BERT-scale projections (‖v‖ in the tens to
+thousands) overflows float64. I = exp(min log Z − max log Z) (it may underflow to 0 for extremely
+anisotropic layers, which is its value in float64).
+"""
+from __future__ import annotations
+
+import math
+
+from tokenuni.metrics.base import Metric, MetricValue, TokenBatch
+
+VARIANTS = ("uncentred", "centred")
+SIGNS = ("both", "canonical")
+
+
+def canonical_signs(vectors):
+    """Flip each column so that its largest-magnitude entry is positive."""
+    import torch
+
+    rows = torch.argmax(vectors.abs(), dim=0)
+    signs = torch.sign(vectors[rows, torch.arange(vectors.shape[1], device=vectors.device)])
+    return vectors * torch.where(signs == 0, torch.ones_like(signs), signs)
+
+
+class PartitionIsotropy(Metric):
+    name = "partition_isotropy"
+    produces = ("partition_isotropy",)
+    passes = 2
+
+    def __init__(self, device="cpu", variants=VARIANTS, signs: str = "both", **options):
+        super().__init__(device, **options)
+        self.variants = tuple(variants)
+        unknown = set(self.variants) - set(VARIANTS)
+        if unknown:
+            raise ValueError(f"unknown variants {sorted(unknown)}; known: {VARIANTS}")
+        if signs not in SIGNS:
+            raise ValueError(f"signs must be one of {SIGNS}, got {signs!r}")
+        self.signs = signs
+        self.gram = None
+        self.total = None
+        self.count = 0
+        self.directions = {}  # variant -> (d, m) matrix of the directions u as columns
+        self.mean = None
+        self.running_max = {}  # variant -> (m,) running max of uᵀv
+        self.running_sum = {}  # variant -> (m,) Σ exp(uᵀv − running max)
+        self.pass1_count = 0
+
+    def begin_pass(self, index: int) -> None:
+        super().begin_pass(index)
+        if index == 1 and self.count > 0:
+            self._fix_directions()
+
+    def _fix_directions(self) -> None:
+        import torch
+
+        self.mean = self.total / self.count
+        scatter = {"uncentred": self.gram, "centred": self.gram - self.count * self.mean.outer(self.mean)}
+        for variant in self.variants:
+            matrix = scatter[variant]
+            _, vectors = torch.linalg.eigh((matrix + matrix.T) / 2)
+            vectors = canonical_signs(vectors)
+            if self.signs == "both":
+                vectors = torch.cat([vectors, -vectors], dim=1)
+            self.directions[variant] = vectors
+            self.running_max[variant] = vectors.new_full((vectors.shape[1],), -math.inf)
+            self.running_sum[variant] = vectors.new_zeros(vectors.shape[1])
+
+    def _update(self, batch: TokenBatch) -> None:
+        import torch
+
+        if self.pass_index == 0:
+            if self.gram is None:
+                d = batch.x.shape[1]
+                self.gram = batch.x.new_zeros((d, d))
+                self.total = batch.x.new_zeros(d)
+            self.gram += batch.x.T @ batch.x
+            self.total += batch.x.sum(dim=0)
+            self.count += len(batch)
+            return
+        if not self.directions:
+            raise RuntimeError("partition_isotropy: pass 1 before the directions were fixed (call begin_pass(1))")
+        self.pass1_count += len(batch)
+        for variant, directions in self.directions.items():
+            x = batch.x - self.mean if variant == "centred" else batch.x
+            projections = x @ directions  # (n, m): uᵀv for every token and direction
+            new_max = torch.maximum(self.running_max[variant], projections.max(dim=0).values)
+            self.running_sum[variant] = (self.running_sum[variant] * torch.exp(self.running_max[variant] - new_max)
+                                         + torch.exp(projections - new_max).sum(dim=0))
+            self.running_max[variant] = new_max
+
+    def log_partition(self) -> dict:
+        """log Z(u) for every direction, per variant (numpy arrays)."""
+        import torch
+
+        return {variant: (self.running_max[variant] + torch.log(self.running_sum[variant])).cpu().numpy()
+                for variant in self.directions}
+
+    def compute(self) -> list[MetricValue]:
+        if self.count == 0 or not self.directions:
+            return []
+        if self.pass1_count != self.count:
+            raise RuntimeError(f"partition_isotropy: pass 1 saw {self.pass1_count} tokens, pass 0 {self.count}")
+        rows = []
+        for variant, log_z in self.log_partition().items():
+            ratio = math.exp(float(log_z.min() - log_z.max()))  # min Z / max Z from log Z
+            rows.append(MetricValue("partition_isotropy", ratio, self.count, variant))
+        return rows
