@@ -12,6 +12,7 @@ import pandas as pd
 
 from tokenuni.metrics.alignment_uniformity import AlignmentUniformity
 from tokenuni.metrics.base import Metric, MetricValue, TokenBatch, as_tensor
+from tokenuni.metrics.clusters import Clusters
 from tokenuni.metrics.cosine_family import CosineFamily
 from tokenuni.metrics.isoscore import IsoScoreMetric
 from tokenuni.metrics.lid import LocalIntrinsicDimension
@@ -27,7 +28,8 @@ log = logging.getLogger(__name__)
 METRICS: dict[str, type[Metric]] = {
     cls.name: cls
     for cls in (Spectrum, SentenceSpectrum, CosineFamily, TokenUniformity, Oversmoothing, LayerNormScale,
-                WordFrequency, LocalIntrinsicDimension, AlignmentUniformity, IsoScoreMetric, PartitionIsotropy)
+                WordFrequency, Clusters, LocalIntrinsicDimension, AlignmentUniformity, IsoScoreMetric,
+                PartitionIsotropy)
 }
 
 TIDY_COLUMNS = ["model", "training_step", "corpus", "layer", "metric", "variant", "component", "value", "spread",

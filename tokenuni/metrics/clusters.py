@@ -1,0 +1,367 @@
+"""Clusters in a layer's token space and isotropy within them.
+
+Cai, Huang, Bian, Church, "Isotropy in the Contextual Embedding Space: Clusters and Manifolds",
+ICLR 2021 (§3.2 and §4): the token space of a layer falls into a few isolated clusters; once each
+cluster is shifted to its own mean, the space is nearly isotropic within the clusters.
+
+On a seeded :class:`~tokenuni.metrics.base.ReservoirSample` of ``sample_size`` tokens (the same
+tokens for every layer and whatever the batching), for every k in ``k_min … k_max``:
+
+* k-means (Lloyd; greedy k-means++ initialisation with 2 + ⌊ln k⌋ local trials, as scikit-learn;
+  ``n_init`` seeded restarts, the lowest inertia Σ_i ‖x_i − c_{l(i)}‖² kept; iterations until the labels
+  stop changing or the centres move by ≤ ``tol`` × mean per-dimension variance; an emptied cluster
+  is re-seeded with the point farthest from its centre) in float64 torch on the metric's device.
+  Row ``kmeans_inertia`` (component = k).
+* the mean silhouette (Rousseeuw 1987) of that clustering, s(i) = (b_i − a_i) / max(a_i, b_i) with
+  a_i the mean Euclidean distance from i to the other members of its cluster, b_i the smallest
+  mean distance from i to the members of another (non-empty) cluster, s(i) = 0 when i is alone in
+  its cluster or a_i = b_i = 0 — as ``sklearn.metrics.silhouette_score``. Exact pairwise distances,
+  computed in row chunks and shared by every k; on the whole sample, or on a seeded subset of
+  ``silhouette_sample_size`` of its points. Row ``silhouette`` (component = k).
+
+Maximum mean silhouette (MMS): the k with the largest mean silhouette (the smallest such k on
+ties); Cai's rule: when that best silhouette is below ``min_silhouette`` (0.1) the space is one
+cluster, k = 1. Rows ``mms_k`` (value = the chosen k) and ``mms_silhouette`` (the best mean
+silhouette, reported even when the rule chose k = 1).
+
+Isotropy within the chosen clusters C_1 … C_K (K = 1: the whole sample), with cosines of the raw
+vectors (variant ``raw``) or after center shifting, x ↦ x − μ_c with μ_c the mean of x's own cluster
+(variant ``cluster_centred``); zero vectors have no direction and are left out:
+
+* ``within_cluster_avg_cosine`` = E_c[ mean_{i≠j ∈ C_c} cos(x_i, x_j) ];
+* ``within_cluster_s_intra``    = E_c[ E_t[ mean_{i≠j ∈ C_c, type t} cos(x_i, x_j) ] ] over the token types t
+  with ≥ 2 instances in the cluster (Cai's S'_intra);
+* ``within_cluster_s_inter``    = E_c[ E_{t≠u}[ m_t · m_u ] ] over ordered pairs of distinct types of the
+  cluster, m_t = mean of the unit vectors of type t's instances in the cluster (Cai's S'_inter): the
+  exact expectation of Cai's estimator, which draws one random instance per type (as ``cosine_family``'s
+  ``type_sampling: exact``), every type weighted alike.
+
+E_c is the unweighted mean over the clusters where the quantity is defined (≥ 2 vectors; ≥ 2 types
+for s_inter), as the paper's E_c and its code (``np.mean`` over clusters), not weighted by cluster
+size. Each term is exact from per-(cluster, type) sums of unit vectors S: Σ_{i≠j} cos = ‖Σ x̂_i‖² − N.
+Types are tokenizer ids (``token_id``).
+
+Uncertainty: the whole analysis is repeated ``repeats`` times with k-means seeds derived from
+(seed, repeat); every row's value is that of repeat 0 and its ``spread`` the sample standard
+deviation (ddof = 1) over the repeats (absent when ``repeats`` = 1). It measures the instability of
+k-means (local optima), not the sampling error of the token sample.
+
+Memory: the reservoir (at most 2 × ``sample_size`` rows of d floats) and, at ``compute``, one
+chunk of 64 MiB of the distance matrix; nothing grows with the number of tokens. Cost per layer:
+repeats × (k_max − k_min + 1) × n_init k-means runs and one pass of n² d for the silhouettes
+(about 30 s on one CPU thread for the defaults at d = 768; seconds on a GPU).
+
+Deviations from the paper's public code (TideDancer/iclr21_isotropy_contxt, ``analysis.py``): its
+k-means and silhouette subsample are unseeded (here every random choice derives from ``seed``); its
+``sil_std`` is always 0 (one silhouette per k); it clusters all tokens and scores silhouette on 20,000
+random points, here both on the seeded token sample; k runs over 2…15 there, ``k_min``…``k_max`` here
+(default 2…10); S'_inter and S'_intra there draw random instances (one per type; at most 1000 per
+type), here exact expectations over all instances in the sample.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from tokenuni.metrics.base import Metric, MetricValue, ReservoirSample, TokenBatch, unit_rows
+
+#: elements of one chunk of the pairwise distance matrix (8 Mi float64 = 64 MiB)
+_DISTANCE_CHUNK_ELEMENTS = 1 << 23
+
+
+def seeded_generator(*key: int):
+    """A CPU torch generator seeded from integers (np.random.SeedSequence), the same on every device."""
+    import torch
+
+    state = np.random.SeedSequence([int(k) for k in key]).generate_state(2, dtype=np.uint64)
+    return torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
+
+
+def squared_distances(x, centers, x_sq=None):
+    """‖x_i − c_j‖² (n × k), clamped at 0."""
+    if x_sq is None:
+        x_sq = (x * x).sum(dim=1)
+    return (x_sq[:, None] - 2.0 * (x @ centers.T) + (centers * centers).sum(dim=1)[None, :]).clamp_min_(0.0)
+
+
+def kmeans_plusplus(x, k: int, generator, x_sq=None):
+    """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007; 2 + ⌊ln k⌋ trials per centre, as scikit-learn)."""
+    import torch
+
+    n = x.shape[0]
+    if x_sq is None:
+        x_sq = (x * x).sum(dim=1)
+    trials = 2 + int(math.log(k))
+    first = int(torch.randint(n, (1,), generator=generator))
+    chosen = [first]
+    closest = squared_distances(x, x[first:first + 1], x_sq)[:, 0]
+    potential = closest.sum()
+    for _ in range(1, k):
+        draws = torch.rand(trials, generator=generator, dtype=torch.float64).to(x.device) * potential
+        candidates = torch.searchsorted(torch.cumsum(closest, 0), draws).clamp_(max=n - 1)
+        to_candidates = torch.minimum(closest[:, None], squared_distances(x, x[candidates], x_sq))
+        potentials = to_candidates.sum(dim=0)
+        best = int(torch.argmin(potentials))
+        chosen.append(int(candidates[best]))
+        closest, potential = to_candidates[:, best], potentials[best]
+    return x[chosen].clone()
+
+
+def _lloyd(x, centers, x_sq, max_iter: int, tol: float):
+    import torch
+
+    k = centers.shape[0]
+    labels = None
+    for _ in range(max_iter):
+        distances = squared_distances(x, centers, x_sq)
+        new_labels = torch.argmin(distances, dim=1)
+        counts = torch.bincount(new_labels, minlength=k)
+        empty = torch.nonzero(counts == 0).flatten()
+        if len(empty):  # re-seed emptied clusters with the points farthest from their centres
+            own = distances.gather(1, new_labels[:, None])[:, 0]
+            far = torch.topk(own, min(len(empty), x.shape[0])).indices
+            new_labels = new_labels.clone()
+            new_labels[far] = empty[:len(far)]
+            counts = torch.bincount(new_labels, minlength=k)
+        sums = torch.zeros_like(centers).index_add_(0, new_labels, x)
+        new_centers = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None].to(x.dtype), centers)
+        shift = float(((new_centers - centers) ** 2).sum())
+        centers = new_centers
+        converged = labels is not None and bool(torch.equal(labels, new_labels))
+        labels = new_labels
+        if converged or shift <= tol:
+            break
+    distances = squared_distances(x, centers, x_sq)
+    labels = torch.argmin(distances, dim=1)
+    inertia = float(distances.gather(1, labels[:, None]).sum())
+    return labels, centers, inertia
+
+
+def kmeans(x, k: int, *, n_init: int = 5, seed: int = 0, max_iter: int = 300, tol: float = 1e-4, key=()):
+    """Best of ``n_init`` seeded k-means++ / Lloyd runs: (labels, centres, inertia), float64 on x's device.
+
+    ``tol`` is relative to the mean per-dimension variance of x (scikit-learn's convention); the
+    restarts draw from generators seeded by (seed, *key, k, restart).
+    """
+    import torch
+
+    x = x.to(dtype=torch.float64)
+    mean = x.mean(dim=0)
+    centred = x - mean  # distances do not change; rounding does (as scikit-learn)
+    x_sq = (centred * centred).sum(dim=1)
+    absolute_tol = tol * float(centred.var(dim=0, unbiased=False).mean()) if len(x) > 1 else 0.0
+    best = None
+    for restart in range(max(int(n_init), 1)):
+        generator = seeded_generator(seed, *key, k, restart)
+        centers = kmeans_plusplus(centred, k, generator, x_sq)
+        labels, centers, inertia = _lloyd(centred, centers, x_sq, max_iter, absolute_tol)
+        if best is None or inertia < best[2]:
+            best = (labels, centers, inertia)
+    labels, centers, inertia = best
+    return labels, centers + mean, inertia
+
+
+def silhouette_scores(x, labelings, chunk_elements: int = _DISTANCE_CHUNK_ELEMENTS) -> list[float | None]:
+    """Mean silhouette of each labeling of the rows of x (exact Euclidean distances, row chunks).
+
+    The distance matrix is computed once, chunk by chunk, and shared by all labelings. A labeling
+    with fewer than 2 or more than n − 1 non-empty clusters has no silhouette (None), as scikit-learn
+    refuses it.
+    """
+    import torch
+
+    x = x.to(dtype=torch.float64)
+    x = x - x.mean(dim=0)
+    n = x.shape[0]
+    blocks, columns, usable = [], 0, []
+    onehots = []
+    for labels in labelings:
+        labels = labels.to(x.device)
+        _, dense = torch.unique(labels, return_inverse=True)  # non-empty clusters only, as LabelEncoder
+        k = int(dense.max()) + 1 if n else 0
+        usable.append(2 <= k <= n - 1)
+        onehots.append(torch.nn.functional.one_hot(dense, k).to(x.dtype))
+        blocks.append((columns, k, dense))
+        columns += k
+    if not any(usable):
+        return [None] * len(labelings)
+    onehot = torch.cat(onehots, dim=1)
+    counts = onehot.sum(dim=0)
+    totals = torch.zeros(len(labelings), dtype=x.dtype, device=x.device)
+    x_sq = (x * x).sum(dim=1)
+    step = max(1, chunk_elements // max(n, 1))
+    for start in range(0, n, step):
+        stop = min(start + step, n)
+        distances = (x_sq[start:stop, None] - 2.0 * (x[start:stop] @ x.T) + x_sq[None, :]).clamp_min_(0.0).sqrt_()
+        rows = torch.arange(start, stop, device=x.device)
+        distances[rows - start, rows] = 0.0
+        sums = distances @ onehot  # (chunk, all clusters of all labelings)
+        for index, (offset, k, dense) in enumerate(blocks):
+            if not usable[index]:
+                continue
+            block_sums, block_counts = sums[:, offset:offset + k], counts[offset:offset + k]
+            own = dense[start:stop]
+            own_sum = block_sums.gather(1, own[:, None])[:, 0]
+            own_count = block_counts[own]
+            a = own_sum / (own_count - 1)  # 0/0 for a point alone in its cluster -> nan -> 0 below
+            means = block_sums / block_counts[None, :]
+            means.scatter_(1, own[:, None], float("inf"))
+            b = means.min(dim=1).values
+            s = torch.nan_to_num((b - a) / torch.maximum(a, b), nan=0.0, posinf=0.0, neginf=0.0)
+            totals[index] += s.sum()
+    return [float(totals[i]) / n if usable[i] else None for i in range(len(labelings))]
+
+
+def within_cluster_cosines(x, labels, token_id, centred: bool) -> dict[str, float]:
+    """Unweighted mean over clusters of the mean pairwise cosine, S_intra and S_inter within each cluster."""
+    import torch
+
+    x = x.to(dtype=torch.float64)
+    _, cluster = torch.unique(labels.to(x.device), return_inverse=True)
+    n_clusters = int(cluster.max()) + 1
+    if centred:
+        sums = torch.zeros((n_clusters, x.shape[1]), dtype=x.dtype, device=x.device).index_add_(0, cluster, x)
+        counts = torch.bincount(cluster, minlength=n_clusters).to(x.dtype)
+        x = x - (sums / counts[:, None])[cluster]
+    unit, nonzero = unit_rows(x)
+    unit, cluster, token = unit[nonzero], cluster[nonzero], token_id.to(x.device)[nonzero]
+    if len(unit) == 0:
+        return {}
+    _, types = torch.unique(token, return_inverse=True)
+    n_types = int(types.max()) + 1
+    cluster_sum = torch.zeros((n_clusters, unit.shape[1]), dtype=unit.dtype, device=unit.device).index_add_(0, cluster, unit)
+    cluster_count = torch.bincount(cluster, minlength=n_clusters).to(unit.dtype)
+    group, group_index = torch.unique(cluster * n_types + types, return_inverse=True)
+    group_sum = torch.zeros((len(group), unit.shape[1]), dtype=unit.dtype, device=unit.device).index_add_(0, group_index, unit)
+    group_count = torch.bincount(group_index, minlength=len(group)).to(unit.dtype)
+    group_cluster = group // n_types
+    group_sq = (group_sum * group_sum).sum(dim=1)
+    cluster_sq = (cluster_sum * cluster_sum).sum(dim=1)
+
+    out = {}
+    valid = cluster_count >= 2
+    if valid.any():
+        per_cluster = (cluster_sq - cluster_count) / (cluster_count * (cluster_count - 1)).clamp_min(1)
+        out["avg_cosine"] = float(per_cluster[valid].mean())
+    repeated = group_count >= 2
+    if repeated.any():
+        per_type = (group_sq - group_count) / (group_count * (group_count - 1)).clamp_min(1)
+        intra_sum = torch.zeros(n_clusters, dtype=unit.dtype, device=unit.device).index_add_(
+            0, group_cluster[repeated], per_type[repeated])
+        intra_types = torch.bincount(group_cluster[repeated], minlength=n_clusters)
+        has = intra_types > 0
+        out["s_intra"] = float((intra_sum[has] / intra_types[has]).mean())
+    # S_inter: E over ordered pairs of distinct types t ≠ u of the cluster of m_t · m_u, m_t = S_t / n_t
+    centroid = group_sum / group_count[:, None]
+    centroid_total = torch.zeros_like(cluster_sum).index_add_(0, group_cluster, centroid)
+    centroid_sq = torch.zeros(n_clusters, dtype=unit.dtype, device=unit.device).index_add_(
+        0, group_cluster, (centroid * centroid).sum(dim=1))
+    n_types_in = torch.bincount(group_cluster, minlength=n_clusters).to(unit.dtype)
+    has = n_types_in >= 2
+    if has.any():
+        per_cluster = ((centroid_total * centroid_total).sum(dim=1) - centroid_sq) / (n_types_in * (n_types_in - 1)).clamp_min(1)
+        out["s_inter"] = float(per_cluster[has].mean())
+    return out
+
+
+class Clusters(Metric):
+    name = "clusters"
+    produces = ("kmeans_inertia", "silhouette", "mms_k", "mms_silhouette", "within_cluster_avg_cosine",
+                "within_cluster_s_intra", "within_cluster_s_inter")
+    vector_rows = ("kmeans_inertia", "silhouette")
+
+    def __init__(self, device="cpu", sample_size: int = 5000, seed: int = 0, k_min: int = 2, k_max: int = 10,
+                 n_init: int = 5, max_iter: int = 300, tol: float = 1e-4, silhouette_sample_size: int | None = None,
+                 min_silhouette: float = 0.1, repeats: int = 3, **options):
+        super().__init__(device, **options)
+        if int(sample_size) < 2:
+            raise ValueError("sample_size must be at least 2")
+        if not 2 <= int(k_min) <= int(k_max):
+            raise ValueError(f"need 2 <= k_min <= k_max, got k_min={k_min}, k_max={k_max}")
+        if int(n_init) < 1 or int(repeats) < 1 or int(max_iter) < 1:
+            raise ValueError("n_init, repeats and max_iter must be at least 1")
+        if silhouette_sample_size is not None and int(silhouette_sample_size) < 2:
+            raise ValueError("silhouette_sample_size must be at least 2 (or null: the whole sample)")
+        self.sample_size = int(sample_size)
+        self.seed = int(seed)
+        self.k_min, self.k_max = int(k_min), int(k_max)
+        self.n_init, self.max_iter, self.tol = int(n_init), int(max_iter), float(tol)
+        self.silhouette_sample_size = None if silhouette_sample_size is None else int(silhouette_sample_size)
+        self.min_silhouette = float(min_silhouette)
+        self.repeats = int(repeats)
+        self.sample = ReservoirSample(self.sample_size, self.seed)
+
+    def _update(self, batch: TokenBatch) -> None:
+        self.sample.update(batch)
+
+    def _silhouette_subset(self, n: int):
+        """Indices of the points the silhouette is scored on (all, or a seeded subset)."""
+        import torch
+
+        if self.silhouette_sample_size is None or self.silhouette_sample_size >= n:
+            return None
+        generator = seeded_generator(self.seed, 0x5117)
+        return torch.sort(torch.randperm(n, generator=generator)[:self.silhouette_sample_size]).values.to(self.device)
+
+    def analyse(self, x, token_id) -> list[dict]:
+        """One analysis per repeat (a dict each): k-means labels, inertia and silhouette per k, the MMS choice
+        (``mms_k``, ``mms_silhouette``, ``mms_labels``) and the within-cluster cosines per variant."""
+        import torch
+
+        n = x.shape[0]
+        ks = [k for k in range(self.k_min, self.k_max + 1) if k <= n - 1]
+        runs = {(r, k): kmeans(x, k, n_init=self.n_init, seed=self.seed, max_iter=self.max_iter, tol=self.tol, key=(r,))
+                for r in range(self.repeats) for k in ks}
+        subset = self._silhouette_subset(n)
+        scored = x if subset is None else x[subset]
+        keys = list(runs)
+        scores = silhouette_scores(scored, [runs[key][0] if subset is None else runs[key][0][subset] for key in keys])
+        silhouettes = dict(zip(keys, scores))
+        results = []
+        for r in range(self.repeats):
+            result = {"inertia": {k: runs[r, k][2] for k in ks},
+                      "labels": {k: runs[r, k][0] for k in ks},
+                      "silhouette": {k: silhouettes[r, k] for k in ks if silhouettes[r, k] is not None}}
+            best_k, best = 1, None
+            for k, score in result["silhouette"].items():
+                if best is None or score > best:
+                    best_k, best = k, score
+            if best is None or best < self.min_silhouette:
+                chosen_k, labels = 1, torch.zeros(n, dtype=torch.int64, device=x.device)
+            else:
+                chosen_k, labels = best_k, runs[r, best_k][0]
+            result["mms_k"], result["mms_silhouette"], result["mms_labels"] = chosen_k, best, labels
+            result["within"] = {variant: within_cluster_cosines(x, labels, token_id, centred=variant == "cluster_centred")
+                                for variant in ("raw", "cluster_centred")}
+            results.append(result)
+        return results
+
+    def compute(self) -> list[MetricValue]:
+        rows = self.sample.rows()
+        n = len(self.sample)
+        if n < 2:
+            return []
+        results = self.analyse(rows["x"], rows["token_id"])
+        first = results[0]
+        n_scored = n if self.silhouette_sample_size is None else min(n, self.silhouette_sample_size)
+
+        def row(metric, pick, count=n, variant="", component=None):
+            values = [pick(result) for result in results]
+            if values[0] is None:
+                return []
+            others = [v for v in values if v is not None]
+            spread = float(np.std(others, ddof=1)) if len(others) >= 2 else None
+            return [MetricValue(metric, float(values[0]), count, variant, component, self.sample_size, self.seed, spread)]
+
+        out = []
+        for k in first["inertia"]:
+            out += row("kmeans_inertia", lambda res: res["inertia"].get(k), component=k)
+        for k in first["inertia"]:
+            out += row("silhouette", lambda res: res["silhouette"].get(k), count=n_scored, component=k)
+        out += row("mms_k", lambda res: res["mms_k"])
+        out += row("mms_silhouette", lambda res: res["mms_silhouette"], count=n_scored)
+        for variant in ("raw", "cluster_centred"):
+            for quantity in ("avg_cosine", "s_intra", "s_inter"):
+                out += row(f"within_cluster_{quantity}", lambda res: res["within"][variant].get(quantity), variant=variant)
+        return out
