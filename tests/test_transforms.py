@@ -330,7 +330,9 @@ def reference_cluster_removal(x: np.ndarray, labels: np.ndarray, pcs: int) -> np
     for c in np.unique(labels):
         members = x[labels == c]
         centred = members - members.mean(axis=0)
-        m = min(pcs, len(members) - 1)
+        m = min(pcs, (len(members) - 1) // 2)
+        if len(members) == 1:
+            centred = members - x.mean(axis=0)
         if m == 0:
             out[labels == c] = centred
             continue
@@ -367,7 +369,7 @@ def test_cluster_removal_seeded_sample(random_vectors):
 
 
 def test_cluster_removal_small_clusters():
-    """Clusters with fewer than pcs + 1 members remove only the directions they span."""
+    """Small clusters remove at most half of the directions they span (never all: no zero vectors)."""
     rng = np.random.default_rng(1)
     centres = np.array([[0.0] * 6, [40.0] + [0.0] * 5, [0.0, 40.0] + [0.0] * 4])
     x = np.concatenate([centres[0] + rng.normal(size=(30, 6)), centres[1] + rng.normal(size=(3, 6)),
@@ -377,11 +379,11 @@ def test_cluster_removal_small_clusters():
     sizes = sorted(int(v) for v in transform.sizes)
     assert sizes == [1, 3, 30]
     removed = {int(transform.sizes[c]): int(transform.n_removed[c]) for c in range(3)}
-    assert removed == {30: 4, 3: 2, 1: 0}
+    assert removed == {30: 4, 3: 1, 1: 0}
     assert transform.summary()["clusters_with_fewer_pcs"] == 2
     labels = transform.assign(x)
     np.testing.assert_allclose(out, reference_cluster_removal(x, labels, 4), rtol=0, atol=1e-10)
-    np.testing.assert_allclose(out[labels == labels[-1]], 0.0, atol=1e-12)  # a singleton maps to its own mean
+    np.testing.assert_allclose(out[labels == labels[-1]], x[-1:] - x.mean(axis=0), atol=1e-10)  # singleton: global shift
     with pytest.raises(TransformError, match="27 clusters need at least 27 fit vectors, got 10"):
         ClusterRemoval().fit(x[:10])
 

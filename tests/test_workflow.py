@@ -48,6 +48,12 @@ def write_config(workdir: Path, mirror: Path, **changes) -> dict:
     config["data_mirror"] = str(mirror)
     config["corpora"]["stsb-test"]["max_sentences"] = 200
     config["corpora"]["wikitext"]["max_sentences"] = 100
+    config["corpora"]["sick-r"]["max_sentences"] = 600
+    config["sts"]["datasets"] = ["stsb-test", "sick-r"]
+    config["sts"]["poolings"] = {"mean_last": {"pool": "mean", "layers": [-1]},
+                                 "first_last_1": {"pool": "mean", "layers": [1, -1]}}
+    config["sts"]["transforms"] = {name: config["sts"]["transforms"][name]
+                                   for name in ("none", "softdecay", "whitening", "whitening_wikitext")}
     for dotted, value in changes.items():
         node = config
         *parents, last = dotted.split(".")
@@ -129,6 +135,38 @@ def test_changing_one_metric_option_reruns_only_that_metric(study, mirror):
     snakemake(study)
     runs = mlflow_runs(study / "results")
     assert len(runs) == before + 4  # two metric jobs, their figure, the table
+    assert planned_jobs(study) == {}
+
+
+def test_sts_table_and_summary(study):
+    import pandas as pd
+
+    scores = pd.read_parquet(study / "results" / "tables" / "sts.parquet")
+    headline = scores[scores.protocol == "all"]
+    assert set(headline.dataset) == {"stsb-test", "sick-r"}
+    assert set(headline.transform) == {"none", "softdecay", "whitening", "whitening_wikitext"}
+    assert set(headline.pooling) == {"mean_last", "first_last_1"}
+    assert set(headline[headline.pooling == "first_last_1"].layers) == {"1+6"}
+    assert headline.spearman.between(-100, 100).all()
+    baseline = headline[(headline.transform == "none") & (headline.pooling == "mean_last")]
+    assert (baseline.spearman > 60).all()  # a sentence-embedding model on STS: well above chance
+    assert set(scores[scores.transform == "whitening_wikitext"].fit_on) == {"corpus:wikitext"}
+    assert set(scores[scores.transform == "whitening"].fit_on) == {"pool:stsb-test", "pool:sick-r"}
+    summary = (study / "results" / "tables" / "sts_summary.md").read_text()
+    assert "Spearman" in summary and "softdecay" in summary and "isoscore" in summary
+    assert (study / "results" / "tables" / "sts_summary.html").stat().st_size > 1000
+    geometry = pd.read_csv(study / "results" / "tables" / "sts_geometry.tsv", sep="\t")
+    assert {"avg_cosine", "isoscore", "partition_isotropy"} <= set(geometry.metric)
+
+
+def test_changing_a_transform_parameter_reruns_only_that_transform(study, mirror):
+    metric_change = {"metrics.token_uniformity.min_tokens": 3}  # as the previous test left it
+    write_config(study, mirror, **metric_change)
+    snakemake(study)
+    write_config(study, mirror, **metric_change, **{"sts.transforms.softdecay.params.alpha": -0.3})
+    planned = planned_jobs(study)
+    assert planned == {"sts": 2, "sts_table": 1, "mlflow_sync": 1, "all": 1}  # two poolings, no model run
+    snakemake(study)
     assert planned_jobs(study) == {}
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from importlib import metadata as importlib_metadata
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
@@ -18,6 +19,9 @@ from tokenuni.corpora import read_corpus
 from tokenuni.devices import select_device
 from tokenuni.sources import ModelSource, resolve_model
 from tokenuni.store import DumpWriter
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 TORCH_DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
@@ -121,6 +125,51 @@ def length_sorted_batches(lengths: list[int], batch_size: int) -> list[np.ndarra
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def effective_max_length(model_spec: dict, model) -> int:
+    """``model_spec['max_length']`` (default 128), capped at the model's position embeddings (with a warning)."""
+    max_length = int(model_spec.get("max_length", 128))
+    model_max = getattr(model.config, "max_position_embeddings", None)
+    if model_max and max_length > model_max:
+        log.warning("max_length %d exceeds the model's %d positions; using %d", max_length, model_max, model_max)
+        max_length = int(model_max)
+    return max_length
+
+
+def forward_hidden_states(tokenizer, model, input_ids: list[list[int]], batch_size: int, device, *,
+                          progress: bool = True, desc: str = "embed", model_id: str = ""
+                          ) -> Iterator[tuple[np.ndarray, tuple, "torch.Tensor"]]:
+    """The one forward pass of the project: every hidden state of ``model`` over ``input_ids``.
+
+    Inputs are batched by :func:`length_sorted_batches` (longest first, so padding is minimal),
+    right-padded by ``tokenizer.pad`` and run under ``torch.inference_mode`` with
+    ``output_hidden_states=True``. Yields, per batch, ``(chunk, hidden_states, attention_mask)``:
+    ``chunk`` the indices into ``input_ids`` of the batch's rows, ``hidden_states`` the model's tuple of
+    ``num_hidden_layers + 1`` tensors (batch, seq, d) on ``device`` (index 0 = embedding output,
+    i = output of block i), ``attention_mask`` (batch, seq) with 1 on real tokens. A progress bar
+    (``desc``) counts real tokens.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    n_layers = int(model.config.num_hidden_layers) + 1
+    lengths = [len(ids) for ids in input_ids]
+    bar = tqdm(total=int(sum(lengths)), unit="tok", desc=desc, disable=not progress)
+    try:
+        for chunk in length_sorted_batches(lengths, batch_size):
+            features = tokenizer.pad({"input_ids": [input_ids[i] for i in chunk]}, return_tensors="pt")
+            features = {k: v.to(device) for k, v in features.items()}
+            with torch.inference_mode():
+                output = model(**features, output_hidden_states=True)
+            hidden = output.hidden_states
+            if len(hidden) != n_layers:
+                name = model_id or getattr(model.config, "name_or_path", "") or type(model).__name__
+                raise RuntimeError(f"model {name} returned {len(hidden)} hidden states, expected {n_layers}")
+            yield chunk, hidden, features["attention_mask"]
+            bar.update(int(features["attention_mask"].sum()))
+    finally:
+        bar.close()
+
+
 def embed_corpus(corpus_path, model_spec: dict, out_path, *, corpus_name: str = "", device: str = "auto",
                  progress: bool = True) -> dict:
     """Run ``model_spec`` over the corpus at ``corpus_path`` and write every layer to ``out_path``.
@@ -128,7 +177,6 @@ def embed_corpus(corpus_path, model_spec: dict, out_path, *, corpus_name: str = 
     Returns a summary (sentences, tokens, truncated sentences, layers, seconds, tokens/s, device).
     """
     import torch
-    from tqdm.auto import tqdm
 
     torch_device = select_device(device)
     source = resolve_model(model_spec)
@@ -139,11 +187,7 @@ def embed_corpus(corpus_path, model_spec: dict, out_path, *, corpus_name: str = 
         raise ValueError(f"corpus {corpus_path} is empty: nothing to embed")
 
     tokenizer, model = load_model(model_spec, torch_device, source)
-    max_length = int(model_spec.get("max_length", 128))
-    model_max = getattr(model.config, "max_position_embeddings", None)
-    if model_max and max_length > model_max:
-        log.warning("max_length %d exceeds the model's %d positions; using %d", max_length, model_max, model_max)
-        max_length = int(model_max)
+    max_length = effective_max_length(model_spec, model)
     input_ids, special_masks, truncated = tokenize(tokenizer, texts, max_length)
     lengths = [len(ids) for ids in input_ids]
     all_ids = np.concatenate([np.asarray(ids, dtype=np.int64) for ids in input_ids])
@@ -172,19 +216,13 @@ def embed_corpus(corpus_path, model_spec: dict, out_path, *, corpus_name: str = 
     if truncated:
         log.warning("%d of %d sentences were longer than %d tokens and were truncated", truncated, len(texts), max_length)
 
-    batches = length_sorted_batches(lengths, int(model_spec.get("batch_size", 32)))
     started = time.perf_counter()
-    bar = tqdm(total=int(sum(lengths)), unit="tok", desc=f"embed {model_spec['id']}", disable=not progress)
+    batches = forward_hidden_states(tokenizer, model, input_ids, int(model_spec.get("batch_size", 32)), torch_device,
+                                    progress=progress, desc=f"embed {model_spec['id']}", model_id=model_spec["id"])
     with DumpWriter(out_path, n_layers=n_layers, hidden_size=hidden_size, dtype=dtype, metadata=metadata) as writer, \
             torch.inference_mode():
-        for chunk in batches:
-            features = tokenizer.pad({"input_ids": [input_ids[i] for i in chunk]}, return_tensors="pt")
-            features = {k: v.to(torch_device) for k, v in features.items()}
-            output = model(**features, output_hidden_states=True)
-            hidden = output.hidden_states
-            if len(hidden) != n_layers:
-                raise RuntimeError(f"model {model_spec['id']} returned {len(hidden)} hidden states, expected {n_layers}")
-            mask = features["attention_mask"].bool()
+        for chunk, hidden, attention_mask in batches:
+            mask = attention_mask.bool()
             layers = [h[mask].float().cpu().numpy() for h in hidden]
             # index columns, in the same row order as h[mask] (row-major over batch, then position)
             ids = [np.asarray(input_ids[i], dtype=np.int64) for i in chunk]
@@ -197,8 +235,6 @@ def embed_corpus(corpus_path, model_spec: dict, out_path, *, corpus_name: str = 
                 "frequency": frequency[np.concatenate(ids)],
             }
             writer.write(index, layers)
-            bar.update(int(mask.sum()))
-    bar.close()
     seconds = time.perf_counter() - started
     summary = {
         "sentences": len(texts), "tokens": int(sum(lengths)), "truncated_sentences": truncated,

@@ -88,6 +88,28 @@ def compute_metric(dump_path, name: str | type[Metric], options: dict, *, model:
     return normalise_tidy(table)
 
 
+def metric_on_matrix(name: str | type[Metric], options: dict, x, *, device="cpu", sentence_id=None,
+                     chunk_size: int = 4096) -> list[MetricValue]:
+    """Run a metric over an in-memory (n, d) matrix (e.g. pooled sentence embeddings), in chunks.
+
+    Each row is its own "sentence" and "type" unless ``sentence_id`` is given; positions are 0.
+    """
+    import numpy as np
+    import torch
+
+    metric = make_metric(name, options, device)
+    x = torch.as_tensor(np.asarray(x), dtype=torch.float64, device=metric.device)
+    n = len(x)
+    ids = torch.arange(n, device=metric.device) if sentence_id is None else torch.as_tensor(sentence_id, device=metric.device)
+    zeros = torch.zeros(n, dtype=torch.int64, device=metric.device)
+    for index in range(metric.passes):
+        metric.begin_pass(index)
+        for start in range(0, n, chunk_size):
+            part = slice(start, start + chunk_size)
+            metric.update(TokenBatch(x[part], ids[part], ids[part], zeros[part].bool(), zeros[part] + 1, zeros[part]))
+    return metric.compute()
+
+
 def normalise_tidy(table: pd.DataFrame) -> pd.DataFrame:
     """Fix the dtypes of a tidy metrics table (nullable integers for component/sample_size/seed)."""
     table = table.reindex(columns=TIDY_COLUMNS)

@@ -20,8 +20,10 @@ best of ``n_init`` seeded restarts, float64 torch), seeded by ``seed``. The mean
 the sample members of each cluster and the components the top right singular vectors of the
 mean-shifted members (exactly scikit-learn's ``PCA(n_components=p).components_``).
 
-Guard: a cluster of m members spans at most m − 1 directions once shifted to its mean; it removes
-only min(p, m − 1) components, further limited to the directions with a singular value above
+Guard: a cluster of m members spans at most m − 1 directions once shifted to its mean; removing all of
+them would map every member to 0 (no cosine left to measure). It removes only min(p, ⌊(m − 1)/2⌋)
+components — at least half of what the cluster spans stays — and a singleton cluster is shifted by
+the global mean instead of its own (which would map it to 0); further limited to the directions with a singular value above
 d · ε_machine times the cluster's largest (``summary()['clusters_with_fewer_pcs']`` counts such
 clusters). The paper's code would fail (or remove arbitrary directions) there.
 
@@ -96,14 +98,16 @@ class ClusterRemoval(Transform):
             if len(members) == 0:
                 means[c] = centroids[c]
                 continue
-            means[c] = members.mean(dim=0)
+            # a singleton cluster shifted by its own mean would become the zero vector (no direction left):
+            # it is shifted by the global mean instead
+            means[c] = members.mean(dim=0) if len(members) > 1 else x.mean(dim=0)
             centred = members - means[c]
             if p["pcs"] == 0 or len(members) < 2:
                 removed_variance[c, 1] = (centred * centred).sum()
                 continue
             _, singular, vh = torch.linalg.svd(centred, full_matrices=False)
             rank = int((singular > max(centred.shape) * torch.finfo(x.dtype).eps * singular[0]).sum()) if singular[0] > 0 else 0
-            m = min(p["pcs"], len(members) - 1, rank)
+            m = min(p["pcs"], (len(members) - 1) // 2, rank)
             components[c, :m] = vh[:m]
             n_removed[c] = m
             removed_variance[c] = torch.stack([(singular[:m] ** 2).sum(), (singular ** 2).sum()])

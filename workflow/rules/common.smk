@@ -22,6 +22,21 @@ MIRROR = data_mirror(config)
 MODEL_SPECS = model_specs(config)  # checkpoints expanded: "<key>@step<step>"
 MODELS = list(MODEL_SPECS)
 CORPORA = list(config["corpora"])
+# corpora with per-layer token dumps and the metrics suite
+GEOMETRY_CORPORA = [name for name, spec in config["corpora"].items() if spec["geometry"]]
+# unsupervised STS: datasets, poolings, transforms, and the corpora whose sentence embeddings they need
+STS = config["sts"] if config["sts"]["enabled"] and config["sts"]["datasets"] else None
+STS_DATASETS = STS["datasets"] if STS else []
+STS_POOLINGS = list(STS["poolings"]) if STS else []
+STS_TRANSFORMS = list(STS["transforms"]) if STS else []
+STS_FIT_CORPORA = sorted({t["fit_on"] for t in STS["transforms"].values() if t["fit_on"] != "pool"}) if STS else []
+SENTENCE_CORPORA = sorted(set(STS_DATASETS) | set(STS_FIT_CORPORA))
+_unknown = sorted(set(SENTENCE_CORPORA) - set(CORPORA))
+if _unknown:
+    raise WorkflowError(
+        f"sts names corpora that are not in the config's corpora section: {', '.join(_unknown)} "
+        "(sts.datasets and sts.transforms.<name>.fit_on take corpus keys, or fit_on: pool)"
+    )
 METRIC_NAMES = enabled_metrics(config)
 # rows drawn as "<row>_by_layer" figures, each with the metric (job) that produces it
 BY_LAYER_FIGURES = {
@@ -48,6 +63,8 @@ wildcard_constraints:
     corpus=_choice(CORPORA),
     metric=_choice(METRIC_NAMES),
     row=_choice(BY_LAYER_FIGURES),
+    pooling=_choice(STS_POOLINGS),
+    transform=_choice(STS_TRANSFORMS),
 
 
 def job(rule_name):
@@ -73,26 +90,58 @@ def metric_table(model, corpus, metric):
 
 
 def all_metric_tables(metrics=None):
-    return [metric_table(m, c, name) for m in MODELS for c in CORPORA for name in (metrics or METRIC_NAMES)]
+    return [metric_table(m, c, name) for m in MODELS for c in GEOMETRY_CORPORA for name in (metrics or METRIC_NAMES)]
+
+
+def sentences_file(model, corpus):
+    return f"{RESULTS}/sentences/{model}/{corpus}.arrow"
+
+
+def sts_scores_file(model, pooling, transform):
+    return f"{RESULTS}/sts/{model}/{pooling}/{transform}/scores.parquet"
+
+
+def sts_inputs(wildcards):
+    """Sentence embeddings of every STS dataset, and of the transform's fit corpus when it has one."""
+    fit_on = STS["transforms"][wildcards.transform]["fit_on"]
+    corpora = list(STS_DATASETS) + ([fit_on] if fit_on != "pool" and fit_on not in STS_DATASETS else [])
+    return [sentences_file(wildcards.model, corpus) for corpus in corpora]
+
+
+def all_sts_files(kind="scores"):
+    return [
+        f"{RESULTS}/sts/{m}/{p}/{t}/{kind}.parquet" for m in MODELS for p in STS_POOLINGS for t in STS_TRANSFORMS
+    ]
 
 
 def all_targets():
     targets = [f"{RESULTS}/tables/metrics.parquet", f"{RESULTS}/tables/metrics.tsv", f"{RESULTS}/mlflow/sync.json"]
     targets += [f"{RESULTS}/figures/{row}_by_layer.png" for row in BY_LAYER_FIGURES]
     if "spectrum" in METRIC_NAMES:
-        targets += [f"{RESULTS}/figures/{m}/{c}/singular_value_cdf.png" for m in MODELS for c in CORPORA]
+        targets += [f"{RESULTS}/figures/{m}/{c}/singular_value_cdf.png" for m in MODELS for c in GEOMETRY_CORPORA]
+    if STS:
+        targets += [f"{RESULTS}/tables/sts.parquet", f"{RESULTS}/tables/sts_summary.md"]
     return targets
 
 
 def all_records():
     """Every run record the study produces (inputs of the MLflow sync)."""
-    records = [f"{RESULTS}/runs/corpus/{c}.json" for c in CORPORA]
-    records += [f"{RESULTS}/runs/embed/{m}__{c}.json" for m in MODELS for c in CORPORA]
-    records += [f"{RESULTS}/runs/metric/{m}__{c}__{name}.json" for m in MODELS for c in CORPORA for name in METRIC_NAMES]
+    used = set(GEOMETRY_CORPORA) | set(SENTENCE_CORPORA)
+    records = [f"{RESULTS}/runs/corpus/{c}.json" for c in CORPORA if c in used]
+    records += [f"{RESULTS}/runs/embed/{m}__{c}.json" for m in MODELS for c in GEOMETRY_CORPORA]
+    records += [
+        f"{RESULTS}/runs/metric/{m}__{c}__{name}.json" for m in MODELS for c in GEOMETRY_CORPORA for name in METRIC_NAMES
+    ]
+    records += [f"{RESULTS}/runs/sentence_embed/{m}__{c}.json" for m in MODELS for c in SENTENCE_CORPORA]
+    records += [f"{RESULTS}/runs/sts/{m}__{p}__{t}.json" for m in MODELS for p in STS_POOLINGS for t in STS_TRANSFORMS]
+    if STS:
+        records += [f"{RESULTS}/runs/sts_table/sts_table.json"]
     records += [f"{RESULTS}/runs/metrics_table/metrics_table.json"]
     records += [f"{RESULTS}/runs/figure_by_layer/{row}.json" for row in BY_LAYER_FIGURES]
     if "spectrum" in METRIC_NAMES:
-        records += [f"{RESULTS}/runs/figure_singular_value_cdf/{m}__{c}.json" for m in MODELS for c in CORPORA]
+        records += [
+            f"{RESULTS}/runs/figure_singular_value_cdf/{m}__{c}.json" for m in MODELS for c in GEOMETRY_CORPORA
+        ]
     return records
 
 

@@ -1,0 +1,176 @@
+"""Unsupervised STS with post-hoc transforms: one (model, pooling, transform) over every STS dataset.
+
+Protocol (Yan et al., UAI 2022 §5; Su et al., 2021; Rajaee & Pilehvar, ACL 2021): pooled sentence
+embeddings (:mod:`tokenuni.sentences`), a transform (:mod:`tokenuni.transforms`) fit either on each
+evaluation dataset's own sentences (``fit_on: pool``, what the papers do) or once on another corpus
+(``fit_on: <corpus key>``, e.g. WikiText), cosine similarity of the two sentences of a pair, Spearman and
+Pearson × 100 (:mod:`tokenuni.sts`). STS12–16 are reported both as the mean over their subsets (the
+tokenUni table) and as the concatenation of their subsets (SentEval's "all"), labelled by ``protocol``.
+
+Beside the correlations, the geometry of the transformed embeddings (average cosine, IsoScore, I(V),
+singular-value skewness ...) is recomputed with the same streaming metrics as the token dumps, so one
+table shows isotropy and STS side by side per transform.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+SCORE_COLUMNS = ["model", "pooling", "layers", "transform", "transform_type", "params", "fit_on", "dataset",
+                 "protocol", "subset", "spearman", "pearson", "n"]
+GEOMETRY_COLUMNS = ["model", "pooling", "layers", "transform", "dataset", "metric", "variant", "value", "n",
+                    "sample_size", "seed"]
+
+
+def _pooling_layers(path: Path, pooling: str) -> str:
+    """The resolved layer indices of a pooling, from the sentence file's metadata ("0+6")."""
+    from tokenuni.sentences import sentences_metadata
+
+    poolings = json.loads(sentences_metadata(path).get("poolings", "{}"))
+    layers = (poolings.get(pooling) or {}).get("layers") or []
+    return "+".join(str(layer) for layer in layers)
+
+
+def evaluate_transform(sentence_files: dict[str, Path], datasets: list[str], *, model: str, pooling: str,
+                       transform_name: str, transform_spec: dict, geometry_metrics: list[str],
+                       fitted_dir: Path | None = None, device="cpu") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Fit (per dataset or once), apply, correlate; returns the tidy score and geometry tables."""
+    from tokenuni.metrics import metric_on_matrix
+    from tokenuni.sentences import read_sentences, sentences_metadata
+    from tokenuni.sts import check_pair_count, pair_cosines, sts_correlations, sts_dataset_key
+    from tokenuni.transforms import make_transform
+
+    kind, params = transform_spec["type"], dict(transform_spec.get("params") or {})
+    fit_on = transform_spec.get("fit_on", "pool")
+    missing = [d for d in datasets + ([fit_on] if fit_on != "pool" else []) if d not in sentence_files]
+    if missing:
+        raise ValueError(f"transform {transform_name}: no sentence embeddings for {', '.join(missing)}")
+    shared = None
+    if fit_on != "pool":
+        _, fit_vectors = read_sentences(sentence_files[fit_on], pooling)
+        shared = make_transform(kind, params, device).fit(fit_vectors)
+        shared.fitted_on = f"corpus:{fit_on}"
+        log.info("%s fit on %s (%d sentences)", transform_name, fit_on, len(fit_vectors))
+    layers = _pooling_layers(sentence_files[datasets[0]], pooling)
+    scores, geometry = [], []
+    for dataset in datasets:
+        table, vectors = read_sentences(sentence_files[dataset], pooling)
+        transform = shared
+        if transform is None:
+            transform = make_transform(kind, params, device).fit(vectors)
+            transform.fitted_on = f"pool:{dataset}"
+        if fitted_dir is not None and (shared is None or dataset == datasets[0]):
+            Path(fitted_dir).mkdir(parents=True, exist_ok=True)
+            transform.save(Path(fitted_dir) / f"{'shared' if shared is not None else dataset}.npz")
+        transformed = np.asarray(transform.transform(vectors), dtype=np.float64)
+        pairs = pair_cosines(table, transformed)
+        sampled = sentences_metadata(sentence_files[dataset]).get("corpus_max_sentences", "null") not in ("null", "")
+        for key, group in pairs.groupby(pairs["subset"].map(lambda s: sts_dataset_key(s) or "")):
+            if key:  # a known release: it must be complete unless it was sampled on purpose
+                check_pair_count(key, group["pair_id"].nunique(), sampled=sampled)
+        correlations = sts_correlations(pairs, dataset)
+        for row in correlations.to_dict("records"):
+            scores.append({"model": model, "pooling": pooling, "layers": layers, "transform": transform_name,
+                           "transform_type": kind, "params": json.dumps(transform.params(), sort_keys=True),
+                           "fit_on": transform.fitted_on, **row})
+        for metric in geometry_metrics:
+            for value in metric_on_matrix(metric, {}, transformed, device=device):
+                if value.component is not None:
+                    continue
+                geometry.append({"model": model, "pooling": pooling, "layers": layers, "transform": transform_name,
+                                 "dataset": dataset, "metric": value.metric, "variant": value.variant,
+                                 "value": value.value, "n": value.n, "sample_size": value.sample_size,
+                                 "seed": value.seed})
+        main = correlations[correlations["protocol"].isin(["all", "mean_over_subsets"])]
+        log.info("%s / %s / %s: Spearman %s", pooling, transform_name, dataset,
+                 ", ".join(f"{r.protocol} {r.spearman:.2f}" for r in main.itertuples()))
+    score_table = pd.DataFrame(scores).reindex(columns=SCORE_COLUMNS)
+    geometry_table = pd.DataFrame(geometry).reindex(columns=GEOMETRY_COLUMNS)
+    for column in ("sample_size", "seed"):
+        geometry_table[column] = geometry_table[column].astype("Int64")
+    return score_table, geometry_table
+
+
+# -- the papers' table ---------------------------------------------------------------------------------
+def _headline(scores: pd.DataFrame, protocol_for_multi: str) -> pd.DataFrame:
+    """One Spearman per (model, pooling, transform, dataset): 'all', or ``protocol_for_multi`` for STS12–16."""
+    single = scores[scores["protocol"] == "all"]
+    multi = scores[scores["protocol"] == protocol_for_multi]
+    return pd.concat([single, multi], ignore_index=True)
+
+
+def summary_tables(scores: pd.DataFrame, geometry: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
+    """Spearman × 100 shaped like the papers' tables: rows (model, pooling, transform), columns datasets + mean.
+
+    Two tables, one per STS12–16 protocol (mean over subsets / concatenated); and, with ``geometry``,
+    isotropy beside STS: per row the mean Spearman and the average cosine, IsoScore and I(V) of the
+    transformed embeddings of the first dataset.
+    """
+    keys = ["model", "pooling", "transform"]
+    datasets = list(dict.fromkeys(scores["dataset"]))
+    out = {}
+    for protocol in ("mean_over_subsets", "concatenated"):
+        headline = _headline(scores, protocol)
+        wide = headline.pivot_table(index=keys, columns="dataset", values="spearman", sort=False)
+        wide = wide.reindex(columns=[d for d in datasets if d in wide.columns])
+        wide["mean"] = wide.mean(axis=1)
+        out[f"spearman_{protocol}"] = wide.round(2)
+    if geometry is not None and len(geometry):
+        reference = datasets[0]
+        picks = {"avg_cosine": ("avg_cosine", "uncentred"), "isoscore": ("isoscore", ""),
+                 "I(V)": ("partition_isotropy", "uncentred"), "skewness": ("singular_value_skewness", "uncentred")}
+        side = out["spearman_mean_over_subsets"][["mean"]].rename(columns={"mean": "mean Spearman"})
+        for label, (metric, variant) in picks.items():
+            rows = geometry[(geometry["dataset"] == reference) & (geometry["metric"] == metric)
+                            & (geometry["variant"].fillna("") == variant)]
+            if len(rows):
+                side[f"{label} ({reference})"] = rows.set_index(keys)["value"].reindex(side.index)
+        out["isotropy_beside_sts"] = side.round(4)
+    return out
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    """A GitHub-flavoured Markdown table (index levels become the first columns)."""
+    frame = table.reset_index()
+    header = [str(c) for c in frame.columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for row in frame.itertuples(index=False):
+        cells = ["" if (isinstance(v, float) and np.isnan(v)) else (f"{v:.4g}" if isinstance(v, float) and abs(v) < 1 else
+                 f"{v:.2f}" if isinstance(v, float) else str(v)) for v in row]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+TITLES = {
+    "spearman_mean_over_subsets": "Spearman × 100 (STS12–16: mean over subsets, as the tokenUni table)",
+    "spearman_concatenated": "Spearman × 100 (STS12–16: subsets concatenated, as SentEval's 'all')",
+    "isotropy_beside_sts": "Isotropy of the transformed embeddings beside the mean Spearman",
+}
+
+
+def write_summary(scores: pd.DataFrame, geometry: pd.DataFrame | None, markdown_path, html_path) -> dict:
+    """Write the papers'-style summary as Markdown and HTML (atomically); returns the tables."""
+    from tokenuni.store import atomic_path
+
+    tables = summary_tables(scores, geometry)
+    parts_md = ["# Unsupervised STS", "",
+                "Cosine similarity of pooled sentence embeddings; `fit_on` of each transform in sts.tsv.", ""]
+    parts_html = ["<html><head><meta charset='utf-8'><title>tokenuni STS</title><style>"
+                  "body{font-family:sans-serif} table{border-collapse:collapse;margin-bottom:2em}"
+                  "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}</style></head><body>",
+                  "<h1>Unsupervised STS</h1>"]
+    for name, table in tables.items():
+        parts_md += [f"## {TITLES[name]}", "", to_markdown(table), ""]
+        parts_html += [f"<h2>{TITLES[name]}</h2>", table.to_html(float_format=lambda v: f"{v:.4g}", na_rep="")]
+    parts_html.append("</body></html>")
+    with atomic_path(markdown_path) as tmp:
+        Path(tmp).write_text("\n".join(parts_md), encoding="utf-8")
+    with atomic_path(html_path) as tmp:
+        Path(tmp).write_text("\n".join(parts_html), encoding="utf-8")
+    return tables
