@@ -10,7 +10,11 @@ import sys
 sys.path.insert(0, workflow.basedir)  # the tokenuni library of this checkout
 
 
-configfile: "config/config.yaml"
+# The default study, unless --configfile names another (Snakemake would otherwise merge the two).
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
+
 
 
 include: "workflow/rules/common.smk"
