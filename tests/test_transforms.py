@@ -331,8 +331,8 @@ def reference_cluster_removal(x: np.ndarray, labels: np.ndarray, pcs: int) -> np
         members = x[labels == c]
         centred = members - members.mean(axis=0)
         m = min(pcs, (len(members) - 1) // 2)
-        if len(members) == 1:
-            centred = members - x.mean(axis=0)
+        if np.ptp(members, axis=0).max() == 0:  # identical members: global shift, nothing removed
+            centred, m = members - x.mean(axis=0), 0
         if m == 0:
             out[labels == c] = centred
             continue
@@ -366,6 +366,14 @@ def test_cluster_removal_seeded_sample(random_vectors):
     assert first.summary()["sample_n"] == 400
     other = make_transform("cluster_removal", {**params, "seed": 4}).fit(random_vectors)
     assert np.abs(other.transform(random_vectors) - first.transform(random_vectors)).max() > 1e-3
+
+
+def test_cluster_removal_never_maps_duplicates_to_zero():
+    rng = np.random.default_rng(2)
+    x = np.concatenate([rng.normal(size=(40, 5)), np.tile([[30.0, 0, 0, 0, 0]], (3, 1))])  # 3 duplicated vectors
+    out = ClusterRemoval(clusters=2, pcs=2, seed=0).fit_transform(x)
+    assert (np.linalg.norm(out, axis=1) > 0).all()
+    np.testing.assert_allclose(out[-3:], x[-3:] - x.mean(axis=0), atol=1e-10)
 
 
 def test_cluster_removal_small_clusters():

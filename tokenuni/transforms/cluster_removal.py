@@ -22,8 +22,9 @@ mean-shifted members (exactly scikit-learn's ``PCA(n_components=p).components_``
 
 Guard: a cluster of m members spans at most m − 1 directions once shifted to its mean; removing all of
 them would map every member to 0 (no cosine left to measure). It removes only min(p, ⌊(m − 1)/2⌋)
-components — at least half of what the cluster spans stays — and a singleton cluster is shifted by
-the global mean instead of its own (which would map it to 0); further limited to the directions with a singular value above
+components — at least half of what the cluster spans stays — and a cluster of identical vectors (a
+singleton, or duplicated sentences) is shifted by the global mean instead of its own (which would map
+it to 0); further limited to the directions with a singular value above
 d · ε_machine times the cluster's largest (``summary()['clusters_with_fewer_pcs']`` counts such
 clusters). The paper's code would fail (or remove arbitrary directions) there.
 
@@ -98,11 +99,13 @@ class ClusterRemoval(Transform):
             if len(members) == 0:
                 means[c] = centroids[c]
                 continue
-            # a singleton cluster shifted by its own mean would become the zero vector (no direction left):
-            # it is shifted by the global mean instead
-            means[c] = members.mean(dim=0) if len(members) > 1 else x.mean(dim=0)
+            # a cluster of identical vectors (a singleton, or duplicated sentences) shifted by its own mean
+            # would become the zero vector (no direction left): it is shifted by the global mean instead
+            spread = (members - members[0]).abs().max() if len(members) > 1 else members.new_zeros(())
+            degenerate = float(spread) <= 1e-12 * max(float(members.abs().max()), 1e-300)
+            means[c] = x.mean(dim=0) if degenerate else members.mean(dim=0)
             centred = members - means[c]
-            if p["pcs"] == 0 or len(members) < 2:
+            if p["pcs"] == 0 or len(members) < 2 or degenerate:
                 removed_variance[c, 1] = (centred * centred).sum()
                 continue
             _, singular, vh = torch.linalg.svd(centred, full_matrices=False)
