@@ -115,7 +115,9 @@ def test_one_mlflow_run_per_job(study):
     assert {run.info.status for run in runs} == {"FINISHED"}
     rules = sorted(run.data.tags["tokenuni.rule"] for run in runs)
     n_metrics = len(enabled_metrics(load_config(study / "config" / "config.yaml")))
-    assert rules.count("embed") == 2 and rules.count("metric") == 2 * n_metrics and rules.count("corpus") == 2
+    assert rules.count("embed") == 2 and rules.count("metric") == 2 * n_metrics
+    assert rules.count("corpus") == 3  # stsb-test, wikitext, sick-r
+    assert rules.count("sentence_embed") == 3 and rules.count("sts") == 2 * 4  # 2 poolings x 4 transforms
     embed = next(r for r in runs if r.data.tags["tokenuni.rule"] == "embed")
     client_history = embed.data.metrics
     assert client_history, "embed runs log their figures (tokens, seconds)"
@@ -144,14 +146,14 @@ def test_sts_table_and_summary(study):
     scores = pd.read_parquet(study / "results" / "tables" / "sts.parquet")
     headline = scores[scores.protocol == "all"]
     assert set(headline.dataset) == {"stsb-test", "sick-r"}
-    assert set(headline.transform) == {"none", "softdecay", "whitening", "whitening_wikitext"}
+    assert set(headline["transform"]) == {"none", "softdecay", "whitening", "whitening_wikitext"}
     assert set(headline.pooling) == {"mean_last", "first_last_1"}
     assert set(headline[headline.pooling == "first_last_1"].layers) == {"1+6"}
     assert headline.spearman.between(-100, 100).all()
-    baseline = headline[(headline.transform == "none") & (headline.pooling == "mean_last")]
+    baseline = headline[(headline["transform"] == "none") & (headline.pooling == "mean_last")]
     assert (baseline.spearman > 60).all()  # a sentence-embedding model on STS: well above chance
-    assert set(scores[scores.transform == "whitening_wikitext"].fit_on) == {"corpus:wikitext"}
-    assert set(scores[scores.transform == "whitening"].fit_on) == {"pool:stsb-test", "pool:sick-r"}
+    assert set(scores[scores["transform"] == "whitening_wikitext"].fit_on) == {"corpus:wikitext"}
+    assert set(scores[scores["transform"] == "whitening"].fit_on) == {"pool:stsb-test", "pool:sick-r"}
     summary = (study / "results" / "tables" / "sts_summary.md").read_text()
     assert "Spearman" in summary and "softdecay" in summary and "isoscore" in summary
     assert (study / "results" / "tables" / "sts_summary.html").stat().st_size > 1000
