@@ -47,19 +47,51 @@ import numpy as np
 from tokenuni.metrics.base import Metric, MetricValue, ReservoirSample, TokenBatch
 
 
-def isoscore_from_variances(variances) -> float:
-    """IsoScore from the principal-component variances λ (the paper's steps 3-7); nan if Σλ = 0 or n < 2."""
-    lam = np.clip(np.asarray(variances, dtype=np.float64), 0.0, None)
-    n = len(lam)
-    norm = float(np.linalg.norm(lam))
-    if n < 2 or norm == 0.0:
-        return math.nan
-    normalised = math.sqrt(n) * lam / norm  # step 3: same norm as the identity diagonal (1, ..., 1)
-    distance = float(np.linalg.norm(normalised - 1.0))  # step 4
-    defect = distance / math.sqrt(2.0 * (n - math.sqrt(n)))  # step 5: isotropy defect in [0, 1]
-    dimensions_used = (n - defect ** 2 * (n - math.sqrt(n))) ** 2 / n  # step 6
+def isoscore_torch(variances):
+    """IsoScore from principal-component variances λ (..., n) as a differentiable torch computation.
+
+    The one implementation of the paper's steps 3-7 (the float and streaming functions below call it):
+    negative λ (rounding in an eigendecomposition) are clamped at 0; n < 2 or Σλ = 0 give nan. The
+    defect enters only squared (δ² = ‖λ̂ − 1‖² / (2(n − √n))), so the gradient stays finite at an
+    isotropic λ, where ‖λ̂ − 1‖ = 0. Batched over leading dimensions; keeps the dtype of ``variances``
+    (pass float64 for reference values). Used by I-STAR (:mod:`tokenuni.finetune.regularisers`).
+    """
+    import torch
+
+    lam = torch.as_tensor(variances).clamp_min(0.0)
+    n = lam.shape[-1]
+    if n < 2:
+        return torch.full(lam.shape[:-1], math.nan, dtype=lam.dtype, device=lam.device)
+    root_n = math.sqrt(n)
+    normalised = root_n * lam / torch.linalg.vector_norm(lam, dim=-1, keepdim=True)  # step 3
+    distance_sq = ((normalised - 1.0) ** 2).sum(dim=-1)  # step 4, squared
+    defect_sq = distance_sq / (2.0 * (n - root_n))  # step 5: δ², δ in [0, 1]
+    dimensions_used = (n - defect_sq * (n - root_n)) ** 2 / n  # step 6
     fraction_used = dimensions_used / n
     return (n * fraction_used - 1.0) / (n - 1.0)  # step 7
+
+
+def isoscore_from_covariance_torch(covariance):
+    """Differentiable IsoScore of a covariance matrix (..., n, n): steps 1-2 are its eigenvalues.
+
+    ``torch.linalg.eigvalsh`` of the symmetrised matrix; its backward, V diag(ḡ) Vᵀ, has no
+    eigenvalue-gap denominators, so the gradient is finite even with repeated eigenvalues. With a
+    shrinkage covariance Σ_ζ = (1 − ζ) C_batch + ζ C0 this is IsoScore* (Rudman & Eickhoff, ICLR 2024).
+    """
+    import torch
+
+    covariance = (covariance + covariance.transpose(-1, -2)) / 2
+    return isoscore_torch(torch.linalg.eigvalsh(covariance))
+
+
+def isoscore_from_variances(variances) -> float:
+    """IsoScore from the principal-component variances λ (the paper's steps 3-7); nan if Σλ = 0 or n < 2."""
+    import torch
+
+    lam = torch.as_tensor(np.asarray(variances, dtype=np.float64))
+    if len(lam) < 2 or float(torch.linalg.vector_norm(lam.clamp_min(0.0))) == 0.0:
+        return math.nan
+    return float(isoscore_torch(lam))
 
 
 def isoscore_from_covariance(covariance) -> float:
