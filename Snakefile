@@ -1,5 +1,5 @@
 """tokenuni: corpus -> per-layer Arrow dumps -> geometry metrics -> figures; pooled sentence embeddings
--> post-hoc transforms -> unsupervised STS. Every job is an MLflow run.
+-> post-hoc transforms -> unsupervised STS; GLUE fine-tuning with geometry repairs. Every job is an MLflow run.
 
     snakemake --cores 8 --resources gpu=2              # the default study (config/config.yaml)
     snakemake --cores 8 --configfile config/paper.yaml # the papers' study (needs the hub or local copies)
@@ -23,6 +23,7 @@ include: "workflow/rules/embed.smk"
 include: "workflow/rules/metrics.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/sts.smk"
+include: "workflow/rules/finetune.smk"
 include: "workflow/rules/tracking.smk"
 
 

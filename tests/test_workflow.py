@@ -54,6 +54,8 @@ def write_config(workdir: Path, mirror: Path, **changes) -> dict:
                                  "first_last_1": {"pool": "mean", "layers": [1, -1]}}
     config["sts"]["transforms"] = {name: config["sts"]["transforms"][name]
                                    for name in ("none", "softdecay", "whitening", "whitening_wikitext")}
+    config["finetune"].update(tasks=["sst2"], seeds=[0], max_train_examples=32, max_dev_examples=32,
+                              variants={name: config["finetune"]["variants"][name] for name in ("baseline", "softdecay")})
     for dotted, value in changes.items():
         node = config
         *parents, last = dotted.split(".")
@@ -118,6 +120,14 @@ def test_one_mlflow_run_per_job(study):
     assert rules.count("embed") == 2 and rules.count("metric") == 2 * n_metrics
     assert rules.count("corpus") == 3  # stsb-test, wikitext, sick-r
     assert rules.count("sentence_embed") == 3 and rules.count("sts") == 2 * 4  # 2 poolings x 4 transforms
+    assert rules.count("finetune") == 2 and rules.count("finetune_table") == 1
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")
+    finetune = next(r for r in runs if r.data.tags["tokenuni.rule"] == "finetune")
+    curve = client.get_metric_history(finetune.info.run_id, "train/loss")
+    assert len(curve) >= 2 and [m.step for m in curve] == sorted(m.step for m in curve)  # a training curve
+    assert "geometry/isoscore" in finetune.data.metrics
     embed = next(r for r in runs if r.data.tags["tokenuni.rule"] == "embed")
     client_history = embed.data.metrics
     assert client_history, "embed runs log their figures (tokens, seconds)"
@@ -159,6 +169,16 @@ def test_sts_table_and_summary(study):
     assert (study / "results" / "tables" / "sts_summary.html").stat().st_size > 1000
     geometry = pd.read_csv(study / "results" / "tables" / "sts_geometry.tsv", sep="\t")
     assert {"avg_cosine", "isoscore", "partition_isotropy"} <= set(geometry.metric)
+
+
+def test_finetune_table(study):
+    import pandas as pd
+
+    results = pd.read_parquet(study / "results" / "tables" / "finetune.parquet")
+    assert set(results["variant"]) == {"baseline", "softdecay"} and set(results["task"]) == {"sst2"}
+    assert results["main"].between(0, 1).all()
+    summary = (study / "results" / "tables" / "finetune_summary.md").read_text()
+    assert "isoscore (last layer)" in summary and "softdecay" in summary
 
 
 def test_changing_a_transform_parameter_reruns_only_that_transform(study, mirror):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from contextlib import nullcontext
 from pathlib import Path
@@ -34,8 +35,10 @@ def _job_run(args, params: dict):
         return nullcontext(None)
     from tokenuni.tracking import JobRun
 
+    # live logging when the workflow points at an MLflow server (set by workflow/rules/common.smk)
     return JobRun(args.record, rule=args.job.get("rule", args.command), wildcards=args.job.get("wildcards", {}),
-                  params=params)
+                  params=params, live_tracking_uri=os.environ.get("TOKENUNI_MLFLOW_LIVE_URI"),
+                  experiment=os.environ.get("TOKENUNI_MLFLOW_EXPERIMENT"))
 
 
 def _set_threads(threads: int | None) -> None:
@@ -221,6 +224,80 @@ def cmd_sts_table(args) -> None:
     log.info("STS table: %d rows, %d summary tables -> %s", len(scores), len(tables), args.markdown)
 
 
+def cmd_finetune(args) -> None:
+    import json as json_module
+
+    from tokenuni.devices import select_device
+    from tokenuni.finetune.job import run_finetune
+    from tokenuni.store import atomic_path
+    from tokenuni.tables import write_table
+
+    _set_threads(args.threads)
+    device = select_device(args.device)
+    with _job_run(args, {"model": args.model, "task": args.task, "variant": {args.variant_name: args.variant},
+                         "seed": args.seed, "settings": args.settings}) as run:
+        summary, geometry = run_finetune(
+            args.model, model_key=args.model_key, task=args.task, variant_name=args.variant_name,
+            variant=args.variant, seed=args.seed, settings=args.settings, mirror_root=args.mirror or None,
+            device=device, log_metric=(run.log_metric if run else None), progress=not args.no_progress)
+        # the metric's own variant/seed columns keep their meaning under other names
+        geometry = geometry.rename(columns={"variant": "metric_variant", "seed": "sample_seed"}).assign(
+            task=args.task, variant=args.variant_name, seed=args.seed)
+        write_table(geometry, args.geometry)
+        record = {k: v for k, v in summary.items() if k not in ("curves",)}
+        record.update(task=args.task, seed=args.seed)
+        with atomic_path(args.summary) as tmp:
+            Path(tmp).write_text(json_module.dumps(record, indent=1, default=float), encoding="utf-8")
+        if run:
+            run.set_tags({"tokenuni.device": str(device), "tokenuni.precision": summary.get("precision", "")})
+            run.log_metrics({f"final/{k}": v for k, v in summary["dev"].items()}, step=summary["steps"])
+            run.log_metrics({"seconds": summary["seconds"], "tokens_per_second": summary["tokens_per_second"],
+                             **{f"seconds_per_epoch/{i}": t for i, t in enumerate(summary["seconds_per_epoch"])}})
+            for row in geometry[geometry["component"].isna()].itertuples():
+                key = f"geometry/{row.metric}{'.' + row.metric_variant if row.metric_variant else ''}"
+                run.log_metric(key, row.value, step=row.layer)
+            run.log_artifact(args.summary, "finetune")
+            run.log_artifact(args.geometry, "finetune")
+
+
+def cmd_finetune_table(args) -> None:
+    import json as json_module
+
+    import pandas as pd
+
+    from tokenuni.finetune.job import summary_table
+    from tokenuni.store import atomic_path
+    from tokenuni.tables import write_table
+    from tokenuni.unsupervised_sts import to_markdown
+
+    with _job_run(args, {"inputs": len(args.summaries)}) as run:
+        rows = []
+        for path in args.summaries:
+            summary = json_module.loads(Path(path).read_text(encoding="utf-8"))
+            rows.append({"model": summary["model"], "task": summary["task"], "variant": summary["variant"],
+                         "seed": summary["seed"], "main_metric": summary["main_metric"], "main": summary["main"],
+                         **{f"dev_{k}": v for k, v in summary["dev"].items()},
+                         "steps": summary["steps"], "seconds": summary["seconds"], "device": summary["device"]})
+        results = pd.DataFrame(rows)
+        geometry = pd.concat([pd.read_parquet(p) for p in args.geometry], ignore_index=True) if args.geometry else None
+        write_table(results, args.out)
+        if args.tsv:
+            write_table(results, args.tsv)
+        if args.geometry_out is not None and geometry is not None:
+            write_table(geometry, args.geometry_out)
+        table = summary_table(results, geometry)
+        text = ("# GLUE fine-tuning\n\nDev metric × 100, mean ± std over seeds; isotropy of the fine-tuned last "
+                "layer on the dev set beside it.\n\n" + to_markdown(table) + "\n")
+        with atomic_path(args.markdown) as tmp:
+            Path(tmp).write_text(text, encoding="utf-8")
+        print(text)
+        if run:
+            run.log_metrics({"runs": len(results)})
+            for path in (args.out, args.tsv, args.geometry_out, args.markdown):
+                if path:
+                    run.log_artifact(path, "tables")
+
+
 def cmd_sync(args) -> None:
     from tokenuni.tracking import sync_records
 
@@ -332,6 +409,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--html", type=Path, required=True)
     _add_job_arguments(p)
     p.set_defaults(func=cmd_sts_table)
+
+    p = sub.add_parser("finetune", help="fine-tune a model on a GLUE task with a variant and a seed")
+    p.add_argument("--model", type=_json, required=True, help="the model's config entry")
+    p.add_argument("--model-key", required=True)
+    p.add_argument("--task", required=True)
+    p.add_argument("--variant-name", required=True)
+    p.add_argument("--variant", type=_json, default={})
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--settings", type=_json, required=True, help="the config's finetune block (epochs, lr, ...)")
+    p.add_argument("--mirror", default=None)
+    p.add_argument("--summary", type=Path, required=True)
+    p.add_argument("--geometry", type=Path, required=True)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=None)
+    _add_job_arguments(p)
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("finetune-table", help="merge fine-tuning results; mean ± std over seeds (Markdown)")
+    p.add_argument("--summaries", nargs="+", type=Path, required=True)
+    p.add_argument("--geometry", nargs="*", type=Path, default=[])
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--tsv", type=Path, default=None)
+    p.add_argument("--geometry-out", type=Path, default=None)
+    p.add_argument("--markdown", type=Path, required=True)
+    _add_job_arguments(p)
+    p.set_defaults(func=cmd_finetune_table)
 
     p = sub.add_parser("sync", help="import run records into MLflow (the single writer)")
     p.add_argument("records", nargs="*", type=Path)

@@ -106,7 +106,7 @@ class JobRun:
     """
 
     def __init__(self, record_path: str | Path, *, rule: str, wildcards: dict | None = None,
-                 params: dict | None = None):
+                 params: dict | None = None, live_tracking_uri: str | None = None, experiment: str | None = None):
         self.record_path = Path(record_path)
         self.rule = rule
         self.wildcards = {k: str(v) for k, v in (wildcards or {}).items()}
@@ -138,6 +138,12 @@ class JobRun:
         }
         if os.environ.get("SLURM_JOB_ID"):
             self.record["tags"]["tokenuni.slurm_job_id"] = os.environ["SLURM_JOB_ID"]
+        # live logging: only to an MLflow *server* (safe for concurrent writers); the record stays the truth
+        self._live = None
+        self._live_uri = live_tracking_uri if live_tracking_uri and live_tracking_uri.startswith("http") else None
+        self._live_experiment = experiment
+        self._pending: list = []
+        self._last_flush = 0.0
 
     # -- logging -------------------------------------------------------------------------------
     def set_tags(self, tags: dict) -> None:
@@ -150,7 +156,12 @@ class JobRun:
         value = float(value)
         if math.isnan(value):
             log.warning("metric %s at step %s is NaN; recorded as NaN", key, step)
-        self.record["metrics"].append({"key": key, "value": value, "step": int(step), "timestamp": _now_ms()})
+        entry = {"key": key, "value": value, "step": int(step), "timestamp": _now_ms()}
+        self.record["metrics"].append(entry)
+        if self._live is not None:
+            self._pending.append(entry)
+            if len(self._pending) >= 200 or time.monotonic() - self._last_flush > 10:
+                self._flush()
 
     def log_metrics(self, metrics: dict, step: int = 0) -> None:
         for key, value in metrics.items():
@@ -168,23 +179,73 @@ class JobRun:
         })
 
     # -- lifecycle -----------------------------------------------------------------------------
+    def _finish_live(self) -> None:
+        """Complete the live run: remaining metrics, params, inputs, artifacts, status."""
+        if self._live is None:
+            return
+        self._flush()
+        if self._live is None:
+            return
+        client, run_id = self._live
+        self._live_call("finish", lambda: _complete_run(client, run_id, self.record, metrics=False))
+        self.record["tags"]["tokenuni.live_run_id"] = run_id
+
     def _write(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         tmp.write_text(json.dumps(self.record, indent=1, sort_keys=True))
         os.replace(tmp, path)
 
+    def _live_call(self, action: str, function) -> None:
+        """Run a live-logging call; on any failure stop live logging (the sync imports the record later)."""
+        try:
+            function()
+        except Exception as error:  # a down server must never fail the job
+            log.warning("live MLflow logging stopped (%s failed: %s); the run will be imported by the sync",
+                        action, error)
+            self._live = None
+
+    def _flush(self) -> None:
+        from mlflow.entities import Metric
+
+        if self._live is None or not self._pending:
+            return
+        client, run_id = self._live
+        metrics = [Metric(m["key"], m["value"], m["timestamp"], m["step"]) for m in self._pending]
+        self._pending = []
+        self._last_flush = time.monotonic()
+        self._live_call("log_batch", lambda: [client.log_batch(run_id, metrics=chunk)
+                                              for chunk in _batched(metrics, 1000)])
+
     def __enter__(self) -> "JobRun":
+        if self._live_uri:
+            def start():
+                from mlflow.tracking import MlflowClient
+
+                # a down server must cost seconds, not MLflow's default minutes of retries
+                os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+                os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+                client = MlflowClient(tracking_uri=self._live_uri)
+                experiment_id = _get_experiment(client, self._live_experiment or "tokenuni", None)
+                tags = {**self.record["tags"], "tokenuni.record_id": self.record["record_id"],
+                        "mlflow.runName": self.job_key}
+                run = client.create_run(experiment_id, start_time=self.record["start_time"], tags=tags,
+                                        run_name=self.job_key)
+                self._live = (client, run.info.run_id)
+                self._last_flush = time.monotonic()
+            self._live_call("create_run", start)
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.record["end_time"] = _now_ms()
         if exc_type is None:
             self.record["status"] = "FINISHED"
+            self._finish_live()
             self._write(self.record_path)
             return
         self.record["status"] = "KILLED" if exc_type is KeyboardInterrupt else "FAILED"
         self.record["tags"]["tokenuni.error"] = f"{exc_type.__name__}: {exc}"[:5000]
+        self._finish_live()
         failed = self.record_path.parent.parent / "failed" / f"{self.job_key.replace('/', '__')}.{self.record['record_id']}.json"
         try:
             self._write(failed)
@@ -241,18 +302,17 @@ def _existing_runs(client, experiment_id: str) -> dict[str, object]:
             return runs
 
 
-def _import_record(client, experiment_id: str, record: dict) -> str:
+def _complete_run(client, run_id: str, record: dict, metrics: bool = True) -> None:
+    """Log a record's params, (metrics), inputs and artifacts to an existing run and end it."""
     from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 
-    tags = {**record["tags"], "tokenuni.record_id": record["record_id"], "mlflow.runName": record["job_key"]}
-    run = client.create_run(experiment_id, start_time=record["start_time"], tags=tags, run_name=record["job_key"])
-    run_id = run.info.run_id
     params = [Param(k, v) for k, v in record["params"].items()]
-    metrics = [Metric(m["key"], m["value"], m["timestamp"], m["step"]) for m in record["metrics"]]
     for chunk in _batched(params, 100):
         client.log_batch(run_id, params=chunk)
-    for chunk in _batched(metrics, 1000):
-        client.log_batch(run_id, metrics=chunk)
+    if metrics:
+        entries = [Metric(m["key"], m["value"], m["timestamp"], m["step"]) for m in record["metrics"]]
+        for chunk in _batched(entries, 1000):
+            client.log_batch(run_id, metrics=chunk)
     if record["inputs"]:
         datasets = [
             DatasetInput(
@@ -269,7 +329,13 @@ def _import_record(client, experiment_id: str, record: dict) -> str:
         else:
             client.log_batch(run_id, tags=[RunTag("tokenuni.missing_artifact", artifact["path"][:5000])])
     client.set_terminated(run_id, status=record["status"], end_time=record["end_time"])
-    return run_id
+
+
+def _import_record(client, experiment_id: str, record: dict) -> str:
+    tags = {**record["tags"], "tokenuni.record_id": record["record_id"], "mlflow.runName": record["job_key"]}
+    run = client.create_run(experiment_id, start_time=record["start_time"], tags=tags, run_name=record["job_key"])
+    _complete_run(client, run.info.run_id, record)
+    return run.info.run_id
 
 
 def sync_records(record_paths: Iterable[str | Path], *, tracking_uri: str, experiment: str,

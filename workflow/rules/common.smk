@@ -31,6 +31,11 @@ STS_POOLINGS = list(STS["poolings"]) if STS else []
 STS_TRANSFORMS = list(STS["transforms"]) if STS else []
 STS_FIT_CORPORA = sorted({t["fit_on"] for t in STS["transforms"].values() if t["fit_on"] != "pool"}) if STS else []
 SENTENCE_CORPORA = sorted(set(STS_DATASETS) | set(STS_FIT_CORPORA))
+# GLUE fine-tuning: one job per (model, task, variant, seed)
+FINETUNE = config["finetune"] if config["finetune"]["enabled"] and config["finetune"]["tasks"] else None
+FT_TASKS = FINETUNE["tasks"] if FINETUNE else []
+FT_VARIANTS = list(FINETUNE["variants"]) if FINETUNE else []
+FT_SEEDS = [str(seed) for seed in FINETUNE["seeds"]] if FINETUNE else []
 _unknown = sorted(set(SENTENCE_CORPORA) - set(CORPORA))
 if _unknown:
     raise WorkflowError(
@@ -52,6 +57,14 @@ GPUS_PER_JOB = 1 if cuda_device_count() > 0 else 0
 # env); run from the workflow directory, `-m` also finds this checkout's library.
 CONDA_ENV = "../../environment.yml"
 os.environ.setdefault("TQDM_MININTERVAL", "10")  # progress lines in logs, not a flood
+# With an MLflow server (http[s]) jobs also log live (curves while training); the sync stays the writer
+# of record and skips runs already complete. The embedded SQLite store is written by the sync only.
+_TRACKING_URI = resolve_tracking_uri(config["mlflow"]["tracking_uri"], RESULTS)
+if _TRACKING_URI.startswith("http"):
+    os.environ.update(
+        TOKENUNI_MLFLOW_LIVE_URI=_TRACKING_URI,
+        TOKENUNI_MLFLOW_EXPERIMENT=config["mlflow"]["experiment"] or f"tokenuni-{config['study']}",
+    )
 
 
 def _choice(names):
@@ -65,6 +78,9 @@ wildcard_constraints:
     row=_choice(BY_LAYER_FIGURES),
     pooling=_choice(STS_POOLINGS),
     transform=_choice(STS_TRANSFORMS),
+    task=_choice(FT_TASKS),
+    variant=_choice(FT_VARIANTS),
+    seed=r"\d+",
 
 
 def job(rule_name):
@@ -108,6 +124,25 @@ def sts_inputs(wildcards):
     return [sentences_file(wildcards.model, corpus) for corpus in corpora]
 
 
+def finetune_mirror_files(wildcards):
+    """The mirror files of a GLUE task (inputs, so that a changed file reruns its fine-tuning jobs)."""
+    from tokenuni.glue import GLUE_TASKS
+
+    spec = GLUE_TASKS[wildcards.task]
+    paths = [f"{MIRROR}/{spec[split]}" for split in ("train", "dev")] if MIRROR else []
+    return [path for path in paths if os.path.exists(path)]
+
+
+def all_finetune_files(kind="summary.json"):
+    return [
+        f"{RESULTS}/finetune/{m}/{t}/{v}/seed{s}/{kind}"
+        for m in MODELS
+        for t in FT_TASKS
+        for v in FT_VARIANTS
+        for s in FT_SEEDS
+    ]
+
+
 def all_sts_files(kind="scores"):
     return [
         f"{RESULTS}/sts/{m}/{p}/{t}/{kind}.parquet" for m in MODELS for p in STS_POOLINGS for t in STS_TRANSFORMS
@@ -121,6 +156,8 @@ def all_targets():
         targets += [f"{RESULTS}/figures/{m}/{c}/singular_value_cdf.png" for m in MODELS for c in GEOMETRY_CORPORA]
     if STS:
         targets += [f"{RESULTS}/tables/sts.parquet", f"{RESULTS}/tables/sts_summary.md"]
+    if FINETUNE:
+        targets += [f"{RESULTS}/tables/finetune.parquet", f"{RESULTS}/tables/finetune_summary.md"]
     return targets
 
 
@@ -136,6 +173,15 @@ def all_records():
     records += [f"{RESULTS}/runs/sts/{m}__{p}__{t}.json" for m in MODELS for p in STS_POOLINGS for t in STS_TRANSFORMS]
     if STS:
         records += [f"{RESULTS}/runs/sts_table/sts_table.json"]
+    records += [
+        f"{RESULTS}/runs/finetune/{m}__{t}__{v}__{s}.json"
+        for m in MODELS
+        for t in FT_TASKS
+        for v in FT_VARIANTS
+        for s in FT_SEEDS
+    ]
+    if FINETUNE:
+        records += [f"{RESULTS}/runs/finetune_table/finetune_table.json"]
     records += [f"{RESULTS}/runs/metrics_table/metrics_table.json"]
     records += [f"{RESULTS}/runs/figure_by_layer/{row}.json" for row in BY_LAYER_FIGURES]
     if "spectrum" in METRIC_NAMES:
