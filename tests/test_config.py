@@ -1,7 +1,6 @@
 """Config validation and source resolution: clear errors that name the key, model or file."""
 from __future__ import annotations
 
-import copy
 
 import pytest
 import yaml

@@ -11,7 +11,7 @@ from threadpoolctl import threadpool_limits
 
 from tokenuni.metrics import compute_metric
 from tokenuni.metrics.base import TokenBatch, token_hash
-from tokenuni.metrics.clusters import Clusters, kmeans, silhouette_scores, within_cluster_cosines
+from tokenuni.metrics.clusters import Clusters, kmeans, silhouette_scores
 from tokenuni.store import layer_column, open_dump, vectors
 
 RTOL = 1e-6

@@ -3,8 +3,6 @@ MiniLM dump, and on analytic cases."""
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
-import pyarrow as pa
 import pytest
 import scipy.stats
 import torch
