@@ -178,7 +178,7 @@ def test_memory_is_bounded():
         sizes.append(metric.memory_bytes())
     bound = 8 * (d * d + d) + 2 * 100 * 8 * (d + 4) + 2 * 100 * 8 + 1024
     assert max(sizes) <= bound
-    assert metric.count == 20000
+    assert metric.sums.count == 20000
 
 
 def test_degenerate_inputs_give_no_rows():

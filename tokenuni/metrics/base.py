@@ -235,6 +235,29 @@ class ReservoirSample:
         return 0 if self.keys is None else min(len(self.keys), self.size)
 
 
+class GramSums:
+    """G = Σ x xᵀ, s = Σ x and N over a stream (float64, on the vectors' device): the exact sufficient
+    statistics of the uncentred (G) and centred (G − s sᵀ / N) second moments of a layer."""
+
+    def __init__(self):
+        self.gram = None
+        self.total = None
+        self.count = 0
+
+    def update(self, x) -> None:
+        if self.gram is None:
+            d = x.shape[1]
+            self.gram = x.new_zeros((d, d))
+            self.total = x.new_zeros(d)
+        self.gram += x.T @ x
+        self.total += x.sum(dim=0)
+        self.count += len(x)
+
+    def centred_gram(self):
+        """Σ (x − μ)(x − μ)ᵀ = G − s sᵀ / N."""
+        return self.gram - self.total.outer(self.total) / self.count
+
+
 def as_tensor(column: pa.Array, device):
     """A fixed-size-list Arrow column as an (n, d) float64 tensor on ``device``."""
     import torch

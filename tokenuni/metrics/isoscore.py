@@ -44,7 +44,7 @@ import math
 
 import numpy as np
 
-from tokenuni.metrics.base import Metric, MetricValue, ReservoirSample, TokenBatch
+from tokenuni.metrics.base import GramSums, Metric, MetricValue, ReservoirSample, TokenBatch
 
 
 def isoscore_torch(variances):
@@ -132,25 +132,16 @@ class IsoScoreMetric(Metric):
         self.sample_size = int(sample_size)
         self.seed = int(seed)
         self.bootstrap = int(bootstrap)
-        self.gram = None
-        self.total = None
-        self.count = 0
+        self.sums = GramSums()
         self.sample = ReservoirSample(self.sample_size, self.seed)
 
     def _update(self, batch: TokenBatch) -> None:
-        if self.gram is None:
-            d = batch.x.shape[1]
-            self.gram = batch.x.new_zeros((d, d))
-            self.total = batch.x.new_zeros(d)
-        self.gram += batch.x.T @ batch.x
-        self.total += batch.x.sum(dim=0)
-        self.count += len(batch)
+        self.sums.update(batch.x)
         self.sample.update(batch)
 
     def covariance(self):
         """The layer's sample covariance Σ_D (ddof = 1), exact from the streamed sums."""
-        mean = self.total / self.count
-        return (self.gram - self.count * mean.outer(mean)) / (self.count - 1)
+        return self.sums.centred_gram() / (self.sums.count - 1)
 
     def star(self, sample_x, data_covariance, score=isoscore_from_covariance) -> float:
         """IsoScore* of a mini-batch ``sample_x`` shrunk toward ``data_covariance``."""
@@ -160,13 +151,13 @@ class IsoScoreMetric(Metric):
     def compute(self) -> list[MetricValue]:
         import torch
 
-        if self.count < 2:
+        if self.sums.count < 2:
             return []
         data_covariance = self.covariance()
         rows = []
         score = isoscore_from_covariance(data_covariance)
         if not math.isnan(score):
-            rows.append(MetricValue("isoscore", score, self.count))
+            rows.append(MetricValue("isoscore", score, self.sums.count))
         sample_x = self.sample.rows().get("x")
         if sample_x is None or len(sample_x) < 2:
             return rows
@@ -183,6 +174,6 @@ class IsoScoreMetric(Metric):
                 replicates.append(self.star(sample_x[index], data_covariance, isoscore_from_moments))
             replicates = np.array([r for r in replicates if not math.isnan(r)])
             spread = float(np.std(replicates, ddof=1)) if len(replicates) > 1 else None
-        rows.append(MetricValue("isoscore_star", star, self.count, sample_size=len(sample_x), seed=self.seed,
+        rows.append(MetricValue("isoscore_star", star, self.sums.count, sample_size=len(sample_x), seed=self.seed,
                                 spread=spread))
         return rows

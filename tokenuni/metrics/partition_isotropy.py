@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 
-from tokenuni.metrics.base import Metric, MetricValue, TokenBatch
+from tokenuni.metrics.base import GramSums, Metric, MetricValue, TokenBatch
 
 VARIANTS = ("uncentred", "centred")
 SIGNS = ("both", "canonical")
@@ -57,9 +57,7 @@ class PartitionIsotropy(Metric):
         if signs not in SIGNS:
             raise ValueError(f"signs must be one of {SIGNS}, got {signs!r}")
         self.signs = signs
-        self.gram = None
-        self.total = None
-        self.count = 0
+        self.sums = GramSums()
         self.directions = {}  # variant -> (d, m) matrix of the directions u as columns
         self.mean = None
         self.running_max = {}  # variant -> (m,) running max of uᵀv
@@ -68,14 +66,14 @@ class PartitionIsotropy(Metric):
 
     def begin_pass(self, index: int) -> None:
         super().begin_pass(index)
-        if index == 1 and self.count > 0:
+        if index == 1 and self.sums.count > 0:
             self._fix_directions()
 
     def _fix_directions(self) -> None:
         import torch
 
-        self.mean = self.total / self.count
-        scatter = {"uncentred": self.gram, "centred": self.gram - self.count * self.mean.outer(self.mean)}
+        self.mean = self.sums.total / self.sums.count
+        scatter = {"uncentred": self.sums.gram, "centred": self.sums.centred_gram()}
         for variant in self.variants:
             matrix = scatter[variant]
             _, vectors = torch.linalg.eigh((matrix + matrix.T) / 2)
@@ -90,13 +88,7 @@ class PartitionIsotropy(Metric):
         import torch
 
         if self.pass_index == 0:
-            if self.gram is None:
-                d = batch.x.shape[1]
-                self.gram = batch.x.new_zeros((d, d))
-                self.total = batch.x.new_zeros(d)
-            self.gram += batch.x.T @ batch.x
-            self.total += batch.x.sum(dim=0)
-            self.count += len(batch)
+            self.sums.update(batch.x)
             return
         if not self.directions:
             raise RuntimeError("partition_isotropy: pass 1 before the directions were fixed (call begin_pass(1))")
@@ -117,12 +109,12 @@ class PartitionIsotropy(Metric):
                 for variant in self.directions}
 
     def compute(self) -> list[MetricValue]:
-        if self.count == 0 or not self.directions:
+        if self.sums.count == 0 or not self.directions:
             return []
-        if self.pass1_count != self.count:
-            raise RuntimeError(f"partition_isotropy: pass 1 saw {self.pass1_count} tokens, pass 0 {self.count}")
+        if self.pass1_count != self.sums.count:
+            raise RuntimeError(f"partition_isotropy: pass 1 saw {self.pass1_count} tokens, pass 0 {self.sums.count}")
         rows = []
         for variant, log_z in self.log_partition().items():
             ratio = math.exp(float(log_z.min() - log_z.max()))  # min Z / max Z from log Z
-            rows.append(MetricValue("partition_isotropy", ratio, self.count, variant))
+            rows.append(MetricValue("partition_isotropy", ratio, self.sums.count, variant))
         return rows

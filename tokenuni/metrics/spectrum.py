@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tokenuni.metrics.base import Metric, MetricValue, TokenBatch
+from tokenuni.metrics.base import GramSums, Metric, MetricValue, TokenBatch
 
 
 def skewness(values: np.ndarray) -> float:
@@ -74,38 +74,30 @@ class Spectrum(Metric):
         self.explained_variance_k = tuple(int(k) for k in explained_variance_k)
         if any(k < 1 for k in self.explained_variance_k):
             raise ValueError(f"explained_variance_k must be positive integers, got {explained_variance_k}")
-        self.gram = None
-        self.total = None
-        self.count = 0
+        self.sums = GramSums()
 
     def _update(self, batch: TokenBatch) -> None:
-        if self.gram is None:
-            d = batch.x.shape[1]
-            self.gram = batch.x.new_zeros((d, d))
-            self.total = batch.x.new_zeros(d)
-        self.gram += batch.x.T @ batch.x
-        self.total += batch.x.sum(dim=0)
-        self.count += len(batch)
+        self.sums.update(batch.x)
 
     def spectra(self) -> dict[str, np.ndarray]:
         """Singular values per variant (descending)."""
-        if self.count == 0:
+        count = self.sums.count
+        if count == 0:
             return {}
-        gram = self.gram.cpu().numpy()
-        total = self.total.cpu().numpy()
+        gram = self.sums.gram.cpu().numpy()
         d = gram.shape[0]
         out = {}
         if "uncentred" in self.variants:
-            out["uncentred"] = singular_values_from_gram(gram, min(self.count, d))
+            out["uncentred"] = singular_values_from_gram(gram, min(count, d))
         if "centred" in self.variants:
-            centred = gram - np.outer(total, total) / self.count
-            out["centred"] = singular_values_from_gram(centred, min(self.count - 1, d))
+            centred = self.sums.centred_gram().cpu().numpy()
+            out["centred"] = singular_values_from_gram(centred, min(count - 1, d))
         return out
 
     def compute(self) -> list[MetricValue]:
         rows = []
         for variant, values in self.spectra().items():
-            n = self.count
+            n = self.sums.count
             rows += [MetricValue("singular_value", float(v), n, variant, component=k) for k, v in enumerate(values)]
             if len(values) and values[0] > 0:
                 rows.append(MetricValue("singular_value_skewness", skewness(values / values[0]), n, variant))
