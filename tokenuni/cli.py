@@ -268,7 +268,7 @@ def cmd_finetune_table(args) -> None:
     from tokenuni.finetune.job import summary_table
     from tokenuni.store import atomic_path
     from tokenuni.tables import write_table
-    from tokenuni.unsupervised_sts import to_markdown
+    from tokenuni.tables import to_markdown
 
     with _job_run(args, {"inputs": len(args.summaries)}) as run:
         rows = []

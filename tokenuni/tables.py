@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from tokenuni.store import atomic_path
@@ -33,3 +34,15 @@ def merge_tables(paths) -> pd.DataFrame:
     table = normalise_tidy(pd.concat(frames, ignore_index=True)) if frames else normalise_tidy(pd.DataFrame())
     keys = ["model", "corpus", "metric", "variant", "layer", "component"]
     return table.sort_values(keys, na_position="first", kind="stable").reset_index(drop=True)
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    """A GitHub-flavoured Markdown table (index levels become the first columns)."""
+    frame = table.reset_index()
+    header = [str(c) for c in frame.columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for row in frame.itertuples(index=False):
+        cells = ["" if (isinstance(v, float) and np.isnan(v)) else (f"{v:.4g}" if isinstance(v, float) and abs(v) < 1 else
+                 f"{v:.2f}" if isinstance(v, float) else str(v)) for v in row]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

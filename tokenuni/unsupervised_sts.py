@@ -135,18 +135,6 @@ def summary_tables(scores: pd.DataFrame, geometry: pd.DataFrame | None = None) -
     return out
 
 
-def to_markdown(table: pd.DataFrame) -> str:
-    """A GitHub-flavoured Markdown table (index levels become the first columns)."""
-    frame = table.reset_index()
-    header = [str(c) for c in frame.columns]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    for row in frame.itertuples(index=False):
-        cells = ["" if (isinstance(v, float) and np.isnan(v)) else (f"{v:.4g}" if isinstance(v, float) and abs(v) < 1 else
-                 f"{v:.2f}" if isinstance(v, float) else str(v)) for v in row]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 TITLES = {
     "spearman_mean_over_subsets": "Spearman × 100 (STS12–16: mean over subsets, as the tokenUni table)",
     "spearman_concatenated": "Spearman × 100 (STS12–16: subsets concatenated, as SentEval's 'all')",
@@ -157,6 +145,7 @@ TITLES = {
 def write_summary(scores: pd.DataFrame, geometry: pd.DataFrame | None, markdown_path, html_path) -> dict:
     """Write the papers'-style summary as Markdown and HTML (atomically); returns the tables."""
     from tokenuni.store import atomic_path
+    from tokenuni.tables import to_markdown
 
     tables = summary_tables(scores, geometry)
     parts_md = ["# Unsupervised STS", "",
