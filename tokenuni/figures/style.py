@@ -1,0 +1,153 @@
+"""Shared figure style: sizes, labels, colours per model, headless figure creation, atomic saving.
+
+Layer convention everywhere: layer 0 = embedding output (``hidden_states[0]``), layer L = output of
+transformer block L; every figure states it in an axis label or legend title.
+
+Headless: figures are built with :class:`matplotlib.figure.Figure` (no pyplot, no GUI backend) and
+rendered by the Agg / SVG canvases, so nothing depends on a display or on the global backend.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import textwrap
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+
+FIGSIZE = (7.0, 4.5)
+DPI = 150
+LAYER_AXIS_LABEL = "layer (0 = embedding output)"
+
+METRIC_LABELS = {
+    "avg_cosine": "average cosine similarity",
+    "token_uniformity": "token uniformity (mean pairwise cosine within a sentence)",
+    "singular_value_skewness": "skewness of normalised singular values",
+    "effective_rank": "effective rank",
+    "singular_value": "singular value",
+    "explained_variance": "variance explained by the top-k components",
+    "s_intra": "S_intra (cosine among instances of a word type)",
+    "s_inter": "S_inter (cosine across word types)",
+    "token_mean_cosine": "cosine of tokens to their sentence's mean token",
+    "token_mean_distance": "relative distance to the sentence's mean token",
+    "cls_uniformity": "[CLS] uniformity (cosine of [CLS] to the tokens)",
+    "layernorm_gamma_norm": "layer-norm ‖γ‖",
+    "layernorm_gamma_rms": "layer-norm ‖γ‖ / √d",
+    "layernorm_beta_norm": "layer-norm ‖β‖",
+    "norm_frequency_correlation": "Pearson r(‖x‖, log frequency)",
+    "pc_frequency_correlation": "Pearson r(PC projection, log frequency)",
+    "lid_mean": "local intrinsic dimension (mean, MLE k=100)",
+    "lid_std": "local intrinsic dimension (std across tokens)",
+    "lid_median": "local intrinsic dimension (median)",
+    "lid_k": "neighbours used for LID",
+    "lid_duplicate_tokens": "duplicate vectors in the LID sample",
+    "wang_isola_uniformity": "Wang–Isola uniformity log E exp(−2‖x̂−ŷ‖²)",
+    "isoscore": "IsoScore",
+    "isoscore_star": "IsoScore* (shrinkage covariance)",
+    "partition_isotropy": "partition-function isotropy I(V)",
+    "mms_k": "number of clusters k (max. mean silhouette)",
+    "mms_silhouette": "best mean silhouette",
+    "within_cluster_avg_cosine": "average cosine within clusters",
+    "sentence_singular_value_skewness": "skewness of a sentence's normalised singular values",
+    "sentence_top_singular_fraction": "σ₁² / Σσ² per sentence",
+}
+
+_LINESTYLES = ["-", "--", ":", "-."]
+_MARKERS = ["o", "s", "^", "D", "v", "P", "X"]
+_TAB10 = colormaps["tab10"]
+
+
+# --------------------------------------------------------------------------------------------- helpers
+def metric_label(metric: str) -> str:
+    """Human name for a metric row name (the name itself when unknown)."""
+    return METRIC_LABELS.get(metric, metric)
+
+
+def model_labels(table: pd.DataFrame) -> dict[str, str]:
+    """Display name per model key: the ``model_label`` column when present and non-empty, else the key."""
+    labels = {str(m): str(m) for m in table["model"].dropna().unique()} if "model" in table else {}
+    if "model_label" in table.columns:
+        pairs = table[["model", "model_label"]].dropna().drop_duplicates("model")
+        for model, label in zip(pairs["model"], pairs["model_label"]):
+            if str(label).strip():
+                labels[str(model)] = str(label)
+    return labels
+
+
+def model_colours(models) -> dict[str, tuple]:
+    """Stable colour per model key: tab10 slot crc32(key) % 10, collisions probed in sorted key order.
+
+    A model keeps its colour across figures unless another model in the same figure claimed its slot first.
+    """
+    taken: set[int] = set()
+    colours = {}
+    for model in sorted({str(m) for m in models}):
+        slot = zlib.crc32(model.encode("utf-8")) % 10
+        for step in range(10):
+            if (slot + step) % 10 not in taken:
+                slot = (slot + step) % 10
+                break
+        taken.add(slot)
+        colours[model] = _TAB10(slot)
+    return colours
+
+
+def _new_figure() -> tuple[Figure, object]:
+    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+    ax = fig.add_subplot()
+    ax.grid(True, alpha=0.3)
+    return fig, ax
+
+
+def _set_title(fig: Figure, title: str) -> None:
+    """Figure-level title (constrained layout keeps it and outside legends apart); long titles wrap."""
+    fig.suptitle("\n".join(textwrap.wrap(title, 90)) if title else title, fontsize=10)
+
+
+def _check_columns(table: pd.DataFrame, needed) -> None:
+    missing = [c for c in needed if c not in table.columns]
+    if missing:
+        raise ValueError(f"metrics table lacks column(s) {missing}; columns present: {list(table.columns)}")
+
+
+def _variant_name(variant) -> str:
+    return "" if variant is None or (isinstance(variant, float) and np.isnan(variant)) else str(variant)
+
+
+# ----------------------------------------------------------------------------------------------- saving
+def save_figure(fig, out_png, out_svg=None) -> None:
+    """Write ``fig`` as PNG (150 dpi) and, when asked, SVG; each atomically; then close the figure.
+
+    Every file goes to a temporary name in its destination folder and is moved into place with
+    ``os.replace``, so a reader (or Snakemake) never sees a half-written figure. The size is exactly
+    the figure size times the dpi (no ``bbox_inches="tight"``).
+    """
+    try:
+        targets = [(Path(out_png), "png")]
+        if out_svg is not None:
+            targets.append((Path(out_svg), "svg"))
+        for path, fmt in targets:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp.{fmt}")
+            os.close(fd)
+            try:
+                # No date in the metadata: the same table gives byte-identical files.
+                metadata = {"Date": None} if fmt == "svg" else None
+                fig.savefig(tmp, format=fmt, dpi=DPI, metadata=metadata)
+                os.replace(tmp, path)
+            except BaseException:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+                raise
+    finally:
+        if "matplotlib.pyplot" in sys.modules:  # a pyplot-managed figure: release it from the figure manager
+            import matplotlib.pyplot as plt
+
+            plt.close(fig)
+
+
