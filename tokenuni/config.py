@@ -7,6 +7,7 @@ offending key by its dotted path.
 from __future__ import annotations
 
 import copy
+import difflib
 import hashlib
 import json
 import os
@@ -55,8 +56,10 @@ def _describe(error, schema: dict) -> str:
         allowed = sorted(error.schema.get("properties", {}))
         extra = sorted(set(error.instance) - set(allowed))
         keys = ", ".join(f"{where}.{k}" if error.absolute_path else k for k in extra)
+        close = [f"'{match}'" for k in extra for match in difflib.get_close_matches(str(k), allowed, n=1)]
+        suggestion = f"; did you mean {', '.join(close)}?" if close else ""
         hint = f" (allowed here: {', '.join(allowed)})" if allowed else ""
-        return f"unknown config key {keys}{hint}"
+        return f"unknown config key {keys}{suggestion}{hint}"
     if error.validator == "required":
         return f"config key {where}: {error.message}"
     return f"config key {where}: {error.message}"

@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tokenuni.store import atomic_path
+from tokenuni.store import atomic_path, disk_full
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +71,15 @@ def _read_lines(path: Path, name: str) -> _Lines:
         raise CorpusError(f"mirror file not found: {path}")
     raw = path.read_bytes()
     out = _Lines(path, name)
+    offset = 0  # of the line in the file
     for number, line in enumerate(raw.split(b"\n"), start=1):
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError as error:
-            raise CorpusError(f"{path}:{number}: not valid UTF-8 ({error.reason} at byte {error.start})") from None
+            raise CorpusError(f"{path}:{number}: not valid UTF-8 ({error.reason} at byte {error.start} of the line, "
+                              f"byte offset {offset + error.start} in the file: "
+                              f"{line[error.start:error.end + 3]!r}); re-encode the file as UTF-8") from None
+        offset += len(line) + 1
         if number == 1:
             text = text.lstrip("\ufeff")
         out.lines.append((number, text.rstrip("\r")))
@@ -259,7 +263,12 @@ def read_hub(hub: dict) -> list[Example]:
         text_columns = [columns["text_a"], columns["text_b"]]
     else:
         raise CorpusError(f"hub corpus {hub['id']}: columns must map 'text', or 'text_a' and 'text_b'")
-    data = datasets.load_dataset(hub["id"], hub.get("config"), split=hub["split"], revision=hub.get("revision"))
+    try:
+        data = datasets.load_dataset(hub["id"], hub.get("config"), split=hub["split"], revision=hub.get("revision"))
+    except (OSError, ValueError) as error:  # ConnectionError offline / unreachable, FileNotFoundError: no such dataset
+        raise CorpusError(f"hub corpus {hub['id']} ({hub['split']}): cannot load it from the Hugging Face hub "
+                          f"({type(error).__name__}: {error}); provide its files in the data mirror "
+                          "(TOKENUNI_DATA or data_mirror) or network access to the hub") from error
     wanted = text_columns + [columns[k] for k in ("score", "label") if k in columns]
     missing = [c for c in wanted if c not in data.column_names]
     if missing:
@@ -318,7 +327,10 @@ def write_corpus(table: pa.Table, out: str | Path, metadata: dict | None = None)
     meta["tokenuni.digest"] = content_digest(table)
     table = table.replace_schema_metadata(meta)
     with atomic_path(out) as tmp:
-        pq.write_table(table, tmp)
+        try:
+            pq.write_table(table, tmp)
+        except OSError as error:
+            raise disk_full(out, error) from error
 
 
 def read_corpus(path: str | Path) -> pa.Table:
@@ -364,7 +376,10 @@ def import_corpus(spec: dict, mirror_root: str | Path | None, out: str | Path) -
         source = f"mirror:{mirror['format']}"
         files = [{"path": str(p), "sha256": _sha256(p)} for p in mirror_files(spec, mirror_root)]
     elif spec.get("hub"):
-        examples = read_hub(spec["hub"])
+        try:
+            examples = read_hub(spec["hub"])
+        except CorpusError as error:
+            raise CorpusError(f"corpus '{name}': {error}") from error.__cause__
         source = f"hub:{spec['hub']['id']}"
         if (spec.get("mirror") or {}).get("format") == "wikitext":  # same sentences online and offline
             options = spec["mirror"].get("options") or {}
@@ -375,13 +390,20 @@ def import_corpus(spec: dict, mirror_root: str | Path | None, out: str | Path) -
         why = (f"missing mirror file(s): {', '.join(str(p) for p in listed if not p.exists())}" if listed
                else "no data mirror set (TOKENUNI_DATA or data_mirror)")
         raise CorpusError(f"corpus '{name}': {why}, and it has no hub entry")
+    read = ", ".join(item["path"] for item in files) or source
     if not examples:
-        raise CorpusError(f"corpus '{name}': {source} yielded no rows")
+        raise CorpusError(f"corpus '{name}': 0 sentences in {read} (format {source})")
 
     rows_before = sum(len(e.texts) for e in examples)
     if spec.get("drop_empty", True):
         examples = [e for e in examples if all(t.strip() for t in e.texts)]
     dropped = rows_before - sum(len(e.texts) for e in examples)
+    if dropped:
+        log.warning("corpus '%s': dropped %d of %d sentences as empty or whitespace-only (or their pair partner)",
+                    name, dropped, rows_before)
+    if not examples:
+        raise CorpusError(f"corpus '{name}': 0 sentences left after dropping {dropped} of {rows_before} read from "
+                          f"{read} as empty or whitespace-only")
     examples = sample_examples(examples, spec.get("max_sentences"), int(spec.get("seed", 0)))
     table = examples_to_table(examples)
     summary = {
@@ -395,5 +417,5 @@ def import_corpus(spec: dict, mirror_root: str | Path | None, out: str | Path) -
     }
     write_corpus(table, out, {"name": name, "source": source, "seed": int(spec.get("seed", 0)),
                               "max_sentences": spec.get("max_sentences"), "rows_before": rows_before,
-                              "files": files})
+                              "rows_dropped_empty": dropped, "files": files})
     return summary

@@ -17,7 +17,7 @@ import numpy as np
 
 from tokenuni.corpora import read_corpus
 from tokenuni.devices import select_device
-from tokenuni.sources import ModelSource, resolve_model
+from tokenuni.sources import ModelSource, SourceError, how_to_provide, require_safe_weights, resolve_model
 from tokenuni.store import DumpWriter
 
 if TYPE_CHECKING:
@@ -25,6 +25,32 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 TORCH_DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
+#: dump dtype per forward-pass dtype (bfloat16 values are exact in float32; Arrow has no bfloat16)
+DUMP_DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "float32"}
+
+
+class HiddenStateError(RuntimeError):
+    """A model produced NaN or Inf hidden states; the message names the model and the layer."""
+
+
+def check_finite(hidden, attention_mask, model_name: str) -> None:
+    """Raise :class:`HiddenStateError` at the first layer whose real tokens hold NaN or ±Inf.
+
+    A float16 forward pass overflows beyond ±65504 (the largest float16); then the message says so and
+    suggests bfloat16 (float32's range) or float32.
+    """
+    import torch
+
+    real = attention_mask.bool()
+    for layer, states in enumerate(hidden):
+        bad = (~torch.isfinite(states)).any(dim=-1) & real
+        if bool(bad.any()):
+            what = "Inf" if bool(torch.isinf(states[bad]).any()) else "NaN"
+            message = f"model {model_name} produced {what} hidden states at layer {layer} ({int(bad.sum())} token(s))"
+            if states.dtype == torch.float16:
+                message += ("; the float16 forward pass overflowed (|x| > 65504): set dtype: bfloat16 or "
+                            "dtype: float32 for this model")
+            raise HiddenStateError(message)
 
 
 def library_versions() -> dict[str, str]:
@@ -45,20 +71,31 @@ def load_model(spec: dict, device, source: ModelSource | None = None):
     source = source or resolve_model(spec)
     revision = spec.get("revision") if source.kind == "hub" else None
     trust = bool(spec.get("trust_remote_code", False))
+    require_safe_weights(spec, source)
     log.info("loading %s from %s", spec["id"], source.describe())
-    tokenizer = AutoTokenizer.from_pretrained(source.location, revision=revision, trust_remote_code=trust)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source.location, revision=revision, trust_remote_code=trust)
+    except OSError as error:
+        raise SourceError(f"model {spec['id']}: cannot load it from {source.describe()} ({error}); "
+                          + how_to_provide(spec["id"])) from error
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise ValueError(f"model {spec['id']}: tokenizer has neither a pad nor an end-of-text token")
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
-    model = AutoModel.from_pretrained(
-        source.location,
-        revision=revision,
-        trust_remote_code=trust,
-        dtype=getattr(torch, TORCH_DTYPES[spec.get("dtype", "float32")]),
-        use_safetensors=None if spec.get("allow_pickle_weights") else True,
-    )
+    try:
+        model = AutoModel.from_pretrained(
+            source.location,
+            revision=revision,
+            trust_remote_code=trust,
+            dtype=getattr(torch, TORCH_DTYPES[spec.get("dtype", "float32")]),
+            use_safetensors=None if spec.get("allow_pickle_weights") else True,
+        )
+    except OSError as error:
+        safetensors = "" if spec.get("allow_pickle_weights") else (
+            " (only *.safetensors weights are loaded unless `allow_pickle_weights: true`)")
+        raise SourceError(f"model {spec['id']}: cannot load its weights from {source.describe()}{safetensors} "
+                          f"({error}); " + how_to_provide(spec["id"])) from error
     model.to(device).eval()
     return tokenizer, model
 
@@ -161,9 +198,10 @@ def forward_hidden_states(tokenizer, model, input_ids: list[list[int]], batch_si
             with torch.inference_mode():
                 output = model(**features, output_hidden_states=True)
             hidden = output.hidden_states
+            name = model_id or getattr(model.config, "name_or_path", "") or type(model).__name__
             if len(hidden) != n_layers:
-                name = model_id or getattr(model.config, "name_or_path", "") or type(model).__name__
                 raise RuntimeError(f"model {name} returned {len(hidden)} hidden states, expected {n_layers}")
+            check_finite(hidden, features["attention_mask"], name)
             yield chunk, hidden, features["attention_mask"]
             bar.update(int(features["attention_mask"].sum()))
     finally:
@@ -190,12 +228,18 @@ def embed_corpus(corpus_path, model_spec: dict, out_path, *, corpus_name: str = 
     max_length = effective_max_length(model_spec, model)
     input_ids, special_masks, truncated = tokenize(tokenizer, texts, max_length)
     lengths = [len(ids) for ids in input_ids]
+    if 0 in lengths:
+        raise ValueError(f"corpus {corpus_path}: sentence_id {int(sentence_ids[lengths.index(0)])} tokenises to no "
+                         f"tokens with {model_spec['id']} (an empty text); set drop_empty: true for this corpus")
     all_ids = np.concatenate([np.asarray(ids, dtype=np.int64) for ids in input_ids])
     frequency = np.bincount(all_ids, minlength=int(all_ids.max()) + 1)
     n_layers = int(model.config.num_hidden_layers) + 1
     hidden_size = int(model.config.hidden_size)
-    dtype = model_spec.get("dtype", "float32")
+    dtype = DUMP_DTYPES[model_spec.get("dtype", "float32")]
+    empty = sum(not text.strip() for text in texts)
     metadata = {
+        "model_dtype": model_spec.get("dtype", "float32"),
+        "empty_sentences": str(empty),
         "model_id": model_spec["id"],
         "revision": model_spec.get("revision") or "",
         "model_source": source.describe(),
@@ -215,6 +259,9 @@ def embed_corpus(corpus_path, model_spec: dict, out_path, *, corpus_name: str = 
     }
     if truncated:
         log.warning("%d of %d sentences were longer than %d tokens and were truncated", truncated, len(texts), max_length)
+    if empty:
+        log.warning("%d of %d sentences are empty or whitespace-only (kept: drop_empty is off for this corpus); "
+                    "they are embedded as special tokens only", empty, len(texts))
 
     started = time.perf_counter()
     batches = forward_hidden_states(tokenizer, model, input_ids, int(model_spec.get("batch_size", 32)), torch_device,
@@ -238,6 +285,7 @@ def embed_corpus(corpus_path, model_spec: dict, out_path, *, corpus_name: str = 
     seconds = time.perf_counter() - started
     summary = {
         "sentences": len(texts), "tokens": int(sum(lengths)), "truncated_sentences": truncated,
+        "empty_sentences": empty,
         "layers": n_layers, "hidden_size": hidden_size, "seconds": round(seconds, 3),
         "tokens_per_second": round(sum(lengths) / max(seconds, 1e-9), 1), "device": str(torch_device),
         "model_source": source.describe(),

@@ -99,6 +99,39 @@ def resolve_model(spec: dict) -> ModelSource:
     return ModelSource(model_id, revision, "hub", model_id)
 
 
+#: weight files that are Python pickles (loading one can run arbitrary code)
+PICKLE_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def require_safe_weights(spec: dict, source: ModelSource) -> None:
+    """Refuse a local model folder whose weights exist only as pickles, unless ``allow_pickle_weights``.
+
+    Unpickling a checkpoint can execute code, so tokenuni loads ``*.safetensors`` only by default
+    (``from_pretrained(use_safetensors=True)``); this check gives the clear message before loading.
+    """
+    if not source.local or spec.get("allow_pickle_weights"):
+        return
+    folder = Path(source.location)
+    if any(folder.glob("*.safetensors")):
+        return
+    pickled = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_WEIGHT_SUFFIXES
+                     and p.name != "training_args.bin")
+    if pickled:
+        raise SourceError(
+            f"model {spec['id']}: {folder} holds only pickled weights ({', '.join(pickled)}) and no *.safetensors; "
+            "pickle files can run code when loaded, so they are refused by default. Convert them "
+            "(load once and save_pretrained writes model.safetensors) or opt in with "
+            "`allow_pickle_weights: true` in this model's config entry"
+        )
+
+
+def how_to_provide(model_id: str, key: str | None = None) -> str:
+    """The one hint for a model whose weights cannot be found."""
+    where = f"models.{key}.path" if key else "the model's `path` in the config"
+    return (f"set {where} to a local copy (a folder saved by save_pretrained), or pre-download it with "
+            f"`huggingface-cli download {model_id}`, or allow network access to the Hugging Face hub")
+
+
 def hub_offline_by_environment() -> bool:
     return any(os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"} for name in OFFLINE_VARIABLES)
 
@@ -143,12 +176,15 @@ def check_sources(config: dict, mirror: str | None, probe_hub: bool = True) -> l
         except SourceError as error:
             problems.append(f"model '{key}': {error}")
             continue
+        try:
+            require_safe_weights(spec, source)
+        except SourceError as error:
+            problems.append(f"model '{key}': {error}")
         if not source.local:
             needs_hub.append(
                 (f"model '{key}' ({spec['id']}@{spec.get('revision') or 'main'})",
                  "not a local path, not an installed weight package, not in the Hugging Face cache; "
-                 "set models." + key + ".path to a local copy, or pre-download it with "
-                 "`huggingface-cli download " + spec["id"] + "`")
+                 + how_to_provide(spec["id"], key))
             )
     for key, corpus in config["corpora"].items():
         if corpus_uses_mirror(corpus, mirror):

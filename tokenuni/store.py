@@ -21,8 +21,11 @@ readers stream record batches and never load a whole layer.
 """
 from __future__ import annotations
 
+import errno
 import json
+import mmap
 import os
+import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,10 +46,31 @@ INDEX_COLUMNS = [f.name for f in INDEX_FIELDS]
 LAYER_CONVENTION = "layer 0 = embedding output (hidden_states[0]); layer i = output of block i"
 META_PREFIX = "tokenuni."
 _ARROW_DTYPES = {"float32": pa.float32(), "float16": pa.float16()}
+#: bytes of a dump streamed between two releases of its mapped pages (:meth:`Dump.release`)
+RELEASE_BYTES = 64 * 2**20
 
 
 class DumpError(ValueError):
     """A dump that cannot be written or read as promised; the message names the file (and layer)."""
+
+
+class DiskFullError(OSError):
+    """No space left on the device while writing an output; nothing was written at its final name."""
+
+
+def disk_full(path: str | Path, error: OSError) -> OSError:
+    """For an ENOSPC ``error`` while writing ``path``, a :class:`DiskFullError` that names the file and the
+    free space and says the previous version is intact (writes go through a temporary sibling); else ``error``."""
+    if getattr(error, "errno", None) != errno.ENOSPC:
+        return error
+    path = Path(path)
+    try:
+        free = f"{shutil.disk_usage(path.parent).free} bytes free"
+    except OSError:
+        free = "free space unknown"
+    return DiskFullError(errno.ENOSPC, f"no space left on device writing {path} ({free} in {path.parent}); "
+                         f"nothing was written at {path} and any previous version of it is intact; "
+                         "free space (or move the results folder) and rerun")
 
 
 def layer_column(layer: int) -> str:
@@ -68,12 +92,69 @@ def dump_schema(n_layers: int, hidden_size: int, dtype: str, metadata: dict) -> 
     return pa.schema(fields, metadata=meta)
 
 
+def process_start(pid: int) -> str | None:
+    """The start time of process ``pid`` (clock ticks since boot, from /proc), or None where unknown.
+
+    With the pid it identifies a process even after the pid is reused.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[19]  # field 22, counted after "pid (comm)"
+    except (OSError, IndexError):
+        return None
+
+
+def process_alive(pid: int, start: str | None = None) -> bool:
+    """Whether process ``pid`` on this host is running (not a zombie) and, given ``start``, is that process."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        return fields[0] not in ("Z", "X") and (start is None or fields[19] == start)
+    except FileNotFoundError:
+        return False
+    except (OSError, IndexError):  # no /proc (macOS): signal 0 probes the pid
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+
+def temporary_path(path: str | Path) -> Path:
+    """The temporary sibling a writer of ``path`` uses: ``.<name>.tmp-<pid>`` (hidden, same folder)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Delete the temporary siblings of ``path`` left by writers that died (``kill -9``, OOM, node loss).
+
+    A writer killed by SIGKILL cannot clean up; the next write of the same path (the rerun of its job)
+    removes its ``.<name>.tmp-<pid>`` when that pid is no longer running on this host. Returns them.
+    """
+    path = Path(path)
+    removed = []
+    for tmp in path.parent.glob(f".{path.name}.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[1]
+        if pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
 @contextmanager
 def atomic_path(path: str | Path):
-    """Yield a temporary sibling of ``path``; rename it onto ``path`` only if the block succeeds."""
+    """Yield a temporary sibling of ``path``; rename it onto ``path`` only if the block succeeds.
+
+    Temporaries of earlier writers of ``path`` that were killed are removed first
+    (:func:`remove_stale_temporaries`), so a rerun after ``kill -9`` leaves no half-written file behind.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    remove_stale_temporaries(path)
+    tmp = temporary_path(path)
     try:
         yield tmp
         os.replace(tmp, path)
@@ -118,18 +199,26 @@ class DumpWriter:
                 raise DumpError(f"{self.path}: layer {i} overflows {self.dtype} (max |x| = {np.abs(states).max():.3g})")
             flat = pa.array(values.reshape(-1), type=_ARROW_DTYPES[self.dtype])
             columns.append(pa.FixedSizeListArray.from_arrays(flat, self.hidden_size))
-        self._writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=self.schema))
+        try:
+            self._writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=self.schema))
+        except OSError as error:
+            raise disk_full(self.path, error) from error
         self.rows += n
 
     def close(self) -> None:
-        self._writer.close()
-        self._sink.close()
+        try:
+            self._writer.close()
+            self._sink.close()
+        except OSError as error:
+            raise disk_full(self.path, error) from error
         self._atomic.__exit__(None, None, None)
 
     def abort(self) -> None:
         try:
             self._writer.close()
             self._sink.close()
+        except OSError:  # e.g. the disk is full: the original error is the one to report
+            pass
         finally:
             self._atomic.__exit__(DumpError, None, None)
 
@@ -149,6 +238,18 @@ class Dump:
 
     path: Path
     reader: pa.ipc.RecordBatchFileReader
+    #: the file's read-only shared mapping (the reader's buffers are zero-copy views of it)
+    mapping: mmap.mmap | None = None
+
+    def release(self) -> None:
+        """Drop the mapped pages from this process's resident set (``madvise(MADV_DONTNEED)``).
+
+        The pages stay in the OS page cache and are mapped again on the next access, so views
+        already handed out stay valid; streaming a dump therefore holds about
+        :data:`RELEASE_BYTES` of it resident, not the whole file (peak RSS flat in the dump size).
+        """
+        if self.mapping is not None and hasattr(mmap, "MADV_DONTNEED"):
+            self.mapping.madvise(mmap.MADV_DONTNEED)
 
     @property
     def metadata(self) -> dict[str, str]:
@@ -165,13 +266,26 @@ class Dump:
 
     @property
     def num_rows(self) -> int:
-        return sum(self.reader.get_batch(i).num_rows for i in range(self.reader.num_record_batches))
+        return sum(batch.num_rows for batch in self.batches(INDEX_COLUMNS[:1]))
 
     def batches(self, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
-        """Stream record batches (zero-copy views of the mapped file), optionally only ``columns``."""
+        """Stream record batches (zero-copy views of the mapped file), optionally only ``columns``.
+
+        Every :data:`RELEASE_BYTES` streamed, the pages read so far are released (:meth:`release`).
+        """
+        streamed = 0
         for i in range(self.reader.num_record_batches):
-            batch = self.reader.get_batch(i)
+            try:
+                batch = self.reader.get_batch(i)
+                batch.validate()  # cheap (no data scan): catches corrupted offsets/lengths before they are used
+            except (pa.ArrowInvalid, OSError) as error:
+                raise DumpError(f"dump {self.path} is corrupted (record batch {i}: {error}); "
+                                "delete it and rerun the embed step") from None
             yield batch.select(columns) if columns is not None else batch
+            streamed += batch.nbytes
+            if streamed >= RELEASE_BYTES:
+                self.release()
+                streamed = 0
 
     def read_index(self) -> pa.Table:
         """The token index (small: no vectors)."""
@@ -192,13 +306,15 @@ def open_dump(path: str | Path) -> Dump:
     if not path.exists():
         raise DumpError(f"dump {path} does not exist")
     try:
-        reader = pa.ipc.open_file(pa.memory_map(str(path), "r"))
-    except (pa.ArrowInvalid, OSError) as error:
+        with open(path, "rb") as handle:
+            mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        reader = pa.ipc.open_file(pa.BufferReader(pa.py_buffer(mapping)))
+    except (pa.ArrowInvalid, OSError, ValueError) as error:  # ValueError: an empty file cannot be mapped
         raise DumpError(f"dump {path} is not a readable Arrow IPC file ({error}); delete it and rerun the embed step") from None
     missing = [c for c in INDEX_COLUMNS if c not in reader.schema.names]
     if missing or f"{META_PREFIX}n_layers".encode() not in (reader.schema.metadata or {}):
         raise DumpError(f"dump {path} lacks the tokenuni columns/metadata ({', '.join(missing) or 'metadata'})")
-    return Dump(path, reader)
+    return Dump(path, reader, mapping)
 
 
 def validate_dump(path: str | Path) -> dict:

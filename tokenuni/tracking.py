@@ -18,6 +18,21 @@ Tags on every run: ``tokenuni.rule``, ``tokenuni.wildcard.<name>``, ``tokenuni.j
 ``mlflow.source.git.commit``, ``tokenuni.version.<package>``, ``tokenuni.record_id``.
 Per-layer metrics are logged with ``step = layer``. Dumps are recorded as dataset inputs
 (path, size, sha256), never copied; small outputs (tables, figures) are artifacts.
+
+Killed jobs and interrupted syncs (``kill -9``, the OOM killer, a lost node, Ctrl-C):
+
+* A job that raises writes a FAILED record to ``runs/failed/`` (KILLED on KeyboardInterrupt). A job
+  killed by a signal cannot write anything at its end, so every job writes a *started marker*
+  ``runs/started/<job>.<record_id>.json`` when it begins (its record so far, plus host, pid and the
+  process's start time) and deletes it after its final record is written. The sync
+  (:func:`failed_records`) turns each marker whose attempt is over — its process is gone from this
+  host, or (another host) a later attempt of the same job has a record — into a KILLED record in
+  ``runs/failed/``, so the killed attempt becomes a KILLED run and is never left RUNNING.
+* A live run (MLflow server) left RUNNING by a killed job keeps the metrics it streamed and is closed
+  as KILLED by the next sync (its record id is the marker's).
+* A run left RUNNING by an interrupted sync is deleted (with its local artifacts) and imported again.
+* Syncs to one store are serialised by a file lock (:func:`_sync_lock`), so two syncs started at once
+  neither duplicate nor lose a run.
 """
 from __future__ import annotations
 
@@ -26,10 +41,14 @@ import json
 import logging
 import math
 import os
+import re
+import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterable
@@ -90,6 +109,32 @@ def flatten(tree, prefix: str = "") -> dict[str, str]:
     return out
 
 
+#: a param/tag key whose last part names a secret (``hub.token``, ``hf_token``, ``api_key``; not ``special_tokens``)
+SECRET_KEY = re.compile(r"(?i)(^|[._-])(token|secret|password|passwd|api[_-]?key|access[_-]?key|private[_-]?key"
+                        r"|credentials?|auth)$")
+#: an environment variable holding a secret (``HF_TOKEN``, ``MLFLOW_TRACKING_PASSWORD``; not ``TOKENUNI_DATA``)
+SECRET_ENV = re.compile(r"(?i)(^|_)(token|secret|password|passwd|api_?key|access_?key|credentials?)(_|$)")
+URL_PASSWORD = re.compile(r"(://[^/:@\s]+:)[^@/\s]+@")
+REDACTED = "***"
+
+
+def scrub(text: str) -> str:
+    """``text`` with the values of secret environment variables and URL passwords replaced by ``***``."""
+    for name, value in os.environ.items():
+        if len(value) >= 6 and SECRET_ENV.search(name) and value in text:
+            text = text.replace(value, REDACTED)
+    return URL_PASSWORD.sub(lambda m: m.group(1) + REDACTED + "@", text)
+
+
+def redact(flat: dict) -> dict[str, str]:
+    """Params or tags safe to store: values of secret-named keys become ``***``, others are :func:`scrub`-bed.
+
+    Tokens, passwords and API keys never reach a run record or MLflow.
+    """
+    return {key: REDACTED if SECRET_KEY.search(str(key)) and str(value) not in ("", "None", "null")
+            else scrub(str(value)) for key, value in flat.items()}
+
+
 def package_versions() -> dict[str, str]:
     from tokenuni.embed import library_versions
 
@@ -102,7 +147,8 @@ class JobRun:
     ``with JobRun(record, rule="embed", wildcards={...}, params=spec) as run: ...`` — on success the
     record goes to ``record`` (atomically); on an exception a FAILED record goes to
     ``<record's runs folder>/failed/`` so the failure is still visible in MLflow after the sync, and the
-    exception propagates.
+    exception propagates. While it runs, ``<runs folder>/started/`` holds its marker
+    (:attr:`started_marker`), from which the sync records a KILLED run if the process dies.
     """
 
     def __init__(self, record_path: str | Path, *, rule: str, wildcards: dict | None = None,
@@ -112,6 +158,7 @@ class JobRun:
         self.wildcards = {k: str(v) for k, v in (wildcards or {}).items()}
         self.params = params or {}
         self.job_key = "/".join([rule, *self.wildcards.values()])
+        self.runs_dir = self.record_path.parent.parent  # runs/<rule>/<job>.json -> runs/
         commit, dirty = git_commit()
         self.record = {
             "record_id": uuid.uuid4().hex,
@@ -131,7 +178,7 @@ class JobRun:
                 **{f"tokenuni.wildcard.{k}": v for k, v in self.wildcards.items()},
                 **{f"tokenuni.version.{k}": v for k, v in package_versions().items()},
             },
-            "params": flatten(self.params),
+            "params": redact(flatten(self.params)),
             "metrics": [],
             "artifacts": [],
             "inputs": [],
@@ -147,10 +194,10 @@ class JobRun:
 
     # -- logging -------------------------------------------------------------------------------
     def set_tags(self, tags: dict) -> None:
-        self.record["tags"].update({k: str(v) for k, v in tags.items()})
+        self.record["tags"].update(redact({k: str(v) for k, v in tags.items()}))
 
     def log_params(self, params: dict) -> None:
-        self.record["params"].update(flatten(params))
+        self.record["params"].update(redact(flatten(params)))
 
     def log_metric(self, key: str, value: float, step: int = 0) -> None:
         value = float(value)
@@ -183,18 +230,36 @@ class JobRun:
         """Complete the live run: remaining metrics, params, inputs, artifacts, status."""
         if self._live is None:
             return
-        self._flush()
-        if self._live is None:
-            return
         client, run_id = self._live
-        self._live_call("finish", lambda: _complete_run(client, run_id, self.record, metrics=False))
+        pending, self._pending = self._pending, []
+        self._live_call("finish", lambda: _complete_run(client, run_id, self.record, pending))
         self.record["tags"]["tokenuni.live_run_id"] = run_id
 
-    def _write(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(self.record, indent=1, sort_keys=True))
-        os.replace(tmp, path)
+    def _write(self, path: Path, extra: dict | None = None) -> None:
+        from tokenuni.store import atomic_path
+
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps({**self.record, **(extra or {})}, indent=1, sort_keys=True))
+
+    @property
+    def started_marker(self) -> Path:
+        """``runs/started/<job>.<record_id>.json``: present while the job runs (see the module docstring)."""
+        return self.runs_dir / "started" / f"{_job_file(self.job_key)}.{self.record['record_id']}.json"
+
+    def _mark_started(self) -> None:
+        from tokenuni.store import process_start
+
+        process = {"host": socket.gethostname(), "pid": os.getpid(), "start": process_start(os.getpid())}
+        try:
+            self._write(self.started_marker, {"process": process})
+        except OSError:  # the job still runs; only a kill of it would go unrecorded
+            log.exception("could not write the started marker %s", self.started_marker)
+
+    def _unmark_started(self) -> None:
+        try:
+            self.started_marker.unlink(missing_ok=True)
+        except OSError:
+            log.exception("could not remove the started marker %s", self.started_marker)
 
     def _live_call(self, action: str, function) -> None:
         """Run a live-logging call; on any failure stop live logging (the sync imports the record later)."""
@@ -218,6 +283,7 @@ class JobRun:
                                               for chunk in _batched(metrics, 1000)])
 
     def __enter__(self) -> "JobRun":
+        self._mark_started()
         if self._live_uri:
             def start():
                 from mlflow.tracking import MlflowClient
@@ -228,7 +294,7 @@ class JobRun:
                 client = MlflowClient(tracking_uri=self._live_uri)
                 experiment_id = _get_experiment(client, self._live_experiment or "tokenuni", None)
                 tags = {**self.record["tags"], "tokenuni.record_id": self.record["record_id"],
-                        "mlflow.runName": self.job_key}
+                        "mlflow.runName": self.job_key, "tokenuni.live": "true"}
                 run = client.create_run(experiment_id, start_time=self.record["start_time"], tags=tags,
                                         run_name=self.job_key)
                 self._live = (client, run.info.run_id)
@@ -242,15 +308,74 @@ class JobRun:
             self.record["status"] = "FINISHED"
             self._finish_live()
             self._write(self.record_path)
+            self._unmark_started()
             return
         self.record["status"] = "KILLED" if exc_type is KeyboardInterrupt else "FAILED"
-        self.record["tags"]["tokenuni.error"] = f"{exc_type.__name__}: {exc}"[:5000]
+        self.record["tags"]["tokenuni.error"] = scrub(f"{exc_type.__name__}: {exc}")[:5000]
         self._finish_live()
-        failed = self.record_path.parent.parent / "failed" / f"{self.job_key.replace('/', '__')}.{self.record['record_id']}.json"
+        failed = self.runs_dir / "failed" / f"{_job_file(self.job_key)}.{self.record['record_id']}.json"
         try:
             self._write(failed)
+            self._unmark_started()
         except OSError:  # a full disk must not hide the original error
             log.exception("could not write the failed run record %s", failed)
+
+
+def _job_file(job_key: str) -> str:
+    return job_key.replace("/", "__")
+
+
+def _attempt_over(marker: dict, later_attempts: dict[str, int]) -> bool:
+    """Whether the job attempt of a started marker has ended (see :func:`failed_records`)."""
+    from tokenuni.store import process_alive
+
+    process = marker.get("process") or {}
+    if process.get("host") == socket.gethostname() and process.get("pid"):
+        return not process_alive(int(process["pid"]), process.get("start"))
+    # another host (cluster): over once a later attempt of the same job has left a record
+    return later_attempts.get(marker["job_key"], -1) > marker["start_time"]
+
+
+def failed_records(failed_dir: str | Path, records: Iterable[str | Path] = ()) -> list[Path]:
+    """The records of ``failed_dir`` (``runs/failed``), after adding one KILLED record per killed attempt.
+
+    Each started marker in the sibling ``runs/started`` whose attempt is over without a record (its
+    process is gone from this host, or a later attempt of its job has a record in ``records`` or
+    ``failed_dir``) becomes a KILLED record, written atomically, and the marker is deleted. A marker of
+    an attempt that did write its record (killed between the two) is just deleted. Markers of jobs still
+    running are left alone.
+    """
+    failed_dir = Path(failed_dir)
+    started = failed_dir.parent / "started"
+    markers = sorted(started.glob("*.json")) if started.is_dir() else []
+    if markers:
+        from tokenuni.store import atomic_path
+
+        finals = [read_record(path) for path in [*map(Path, records), *failed_dir.glob("*.json")] if path.exists()]
+        recorded = {record["record_id"] for record in finals}
+        later: dict[str, int] = {}
+        for record in finals:
+            later[record["job_key"]] = max(later.get(record["job_key"], -1), record["start_time"] or -1)
+        for path in markers:
+            try:
+                marker = read_record(path)
+            except (OSError, ValueError):  # unreadable (cannot be half-written: atomic); leave it
+                log.warning("unreadable started marker %s left alone", path)
+                continue
+            if marker["record_id"] not in recorded:
+                if not _attempt_over(marker, later):
+                    continue
+                process = marker.pop("process", {})
+                marker.update(status="KILLED", end_time=int(path.stat().st_mtime * 1000))
+                marker["tags"]["tokenuni.error"] = (
+                    f"killed: the job's process ({process.get('host')}, pid {process.get('pid')}) ended without "
+                    "finishing its run (SIGKILL, out of memory, lost node or a killed workflow)")
+                with atomic_path(failed_dir / path.name) as tmp:
+                    tmp.write_text(json.dumps(marker, indent=1, sort_keys=True))
+                log.warning("job %s (record %s) was killed; recorded as a KILLED run", marker["job_key"],
+                            marker["record_id"])
+            path.unlink(missing_ok=True)
+    return sorted(failed_dir.glob("*.json")) if failed_dir.is_dir() else []
 
 
 def read_record(path: str | Path) -> dict:
@@ -258,6 +383,8 @@ def read_record(path: str | Path) -> dict:
         record = json.load(handle)
     if "record_id" not in record or "job_key" not in record:
         raise ValueError(f"{path} is not a tokenuni run record")
+    for part in ("params", "tags"):  # a record written by hand or by an older version: no secrets into MLflow
+        record[part] = redact(record.get(part) or {})
     return record
 
 
@@ -302,17 +429,20 @@ def _existing_runs(client, experiment_id: str) -> dict[str, object]:
             return runs
 
 
-def _complete_run(client, run_id: str, record: dict, metrics: bool = True) -> None:
-    """Log a record's params, (metrics), inputs and artifacts to an existing run and end it."""
+def _complete_run(client, run_id: str, record: dict, metrics: list[dict]) -> None:
+    """Log a record's params, the given ``metrics`` (entries of ``record["metrics"]``), its error tag,
+    inputs and artifacts to an existing run and end it; params and metrics share requests (MLflow's
+    batch limits: 100 params, 1000 entities: 100 + 899 + the tag)."""
     from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 
     params = [Param(k, v) for k, v in record["params"].items()]
-    for chunk in _batched(params, 100):
-        client.log_batch(run_id, params=chunk)
-    if metrics:
-        entries = [Metric(m["key"], m["value"], m["timestamp"], m["step"]) for m in record["metrics"]]
-        for chunk in _batched(entries, 1000):
-            client.log_batch(run_id, metrics=chunk)
+    entries = [Metric(m["key"], m["value"], m["timestamp"], m["step"]) for m in metrics]
+    tags = [RunTag("tokenuni.error", record["tags"]["tokenuni.error"])] if "tokenuni.error" in record["tags"] else []
+    for start in range(max(len(params) // 100, len(entries) // 899) + 1):
+        batch_params, batch_metrics = params[start * 100:(start + 1) * 100], entries[start * 899:(start + 1) * 899]
+        if batch_params or batch_metrics or tags:
+            client.log_batch(run_id, params=batch_params, metrics=batch_metrics, tags=tags)
+            tags = []
     if record["inputs"]:
         datasets = [
             DatasetInput(
@@ -331,11 +461,53 @@ def _complete_run(client, run_id: str, record: dict, metrics: bool = True) -> No
     client.set_terminated(run_id, status=record["status"], end_time=record["end_time"])
 
 
-def _import_record(client, experiment_id: str, record: dict) -> str:
+def _import_record(client, experiment_id: str, record: dict, pause: bool = False) -> str:
     tags = {**record["tags"], "tokenuni.record_id": record["record_id"], "mlflow.runName": record["job_key"]}
     run = client.create_run(experiment_id, start_time=record["start_time"], tags=tags, run_name=record["job_key"])
-    _complete_run(client, run.info.run_id, record)
+    if pause:  # test hook (SYNC_PAUSE_ENV): stop with this run created and unfinished
+        log.warning("%s: pausing the sync in the middle of importing %s (test hook)", SYNC_PAUSE_ENV,
+                    record["job_key"])
+        time.sleep(3600)
+    _complete_run(client, run.info.run_id, record, record["metrics"])
     return run.info.run_id
+
+
+@contextmanager
+def _sync_lock(tracking_uri: str):
+    """An exclusive lock per store: ``<db>.sync-lock`` beside a SQLite store, else one per URI in the
+    temporary folder (syncs on one host). Released by the kernel if the sync is killed."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock (one sync at a time is then the user's job)
+        yield
+        return
+    if tracking_uri.startswith("sqlite:///"):
+        path = Path(tracking_uri[len("sqlite:///"):] + ".sync-lock")
+    else:
+        key = hashlib.sha256(tracking_uri.encode()).hexdigest()[:16]
+        path = Path(tempfile.gettempdir()) / f"tokenuni-sync-{key}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _discard_run(client, run) -> None:
+    """Delete a run an interrupted sync left unfinished, and its local artifacts (maybe half-copied)."""
+    client.delete_run(run.info.run_id)
+    uri = run.info.artifact_uri or ""
+    if uri.startswith("file://"):
+        from urllib.parse import unquote, urlparse
+
+        shutil.rmtree(unquote(urlparse(uri).path), ignore_errors=True)
+
+
+#: test hook (tests/test_kill_resume.py only): the sync sleeps in the middle of importing its n-th run
+#: (created, not finished), so that a test can kill it while it writes to the store
+SYNC_PAUSE_ENV = "TOKENUNI_TEST_SYNC_PAUSE_AFTER"
 
 
 def sync_records(record_paths: Iterable[str | Path], *, tracking_uri: str, experiment: str,
@@ -343,11 +515,20 @@ def sync_records(record_paths: Iterable[str | Path], *, tracking_uri: str, exper
     """Import run records into MLflow; idempotent (a record already imported is skipped).
 
     A run left unfinished by an interrupted sync is deleted and imported again, so the store never
-    holds two runs of one record. Returns ``{"runs": {record_id: run_id}, "imported": n, "skipped": n}``.
+    holds two runs of one record; a live run left RUNNING by a killed job is closed with its KILLED
+    record. Concurrent syncs to one store wait for each other (:func:`_sync_lock`).
+    Returns ``{"runs": {record_id: run_id}, "imported": n, "skipped": n}``.
     """
+    with _sync_lock(tracking_uri):
+        return _sync_records(record_paths, tracking_uri=tracking_uri, experiment=experiment,
+                             artifact_location=artifact_location)
+
+
+def _sync_records(record_paths, *, tracking_uri, experiment, artifact_location) -> dict:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri)
+    pause_after = int(os.environ.get(SYNC_PAUSE_ENV) or 0)
     if artifact_location and "://" not in artifact_location:
         artifact_location = Path(artifact_location).resolve().as_uri()
     experiment_id = _get_experiment(client, experiment, artifact_location)
@@ -360,9 +541,15 @@ def sync_records(record_paths: Iterable[str | Path], *, tracking_uri: str, exper
             mapping[record["record_id"]] = run.info.run_id
             skipped += 1
             continue
-        if run is not None:
-            client.delete_run(run.info.run_id)
-        mapping[record["record_id"]] = _import_record(client, experiment_id, record)
+        if run is not None and run.data.tags.get("tokenuni.live") == "true" and not record["metrics"]:
+            # a live run of a killed job: keep what it streamed, close it with the KILLED record
+            _complete_run(client, run.info.run_id, record, [])
+            mapping[record["record_id"]] = run.info.run_id
+        else:
+            if run is not None:
+                _discard_run(client, run)
+            mapping[record["record_id"]] = _import_record(client, experiment_id, record,
+                                                           pause=imported + 1 == pause_after)
         imported += 1
     log.info("MLflow sync to %s (experiment %s): %d imported, %d already there", tracking_uri, experiment,
              imported, skipped)

@@ -130,7 +130,22 @@ class Metric(ABC):
         if not self.special_tokens:
             batch = batch.select(~batch.special)
         if len(batch):
+            self._check_finite(batch)
             self._update(batch)
+
+    def _check_finite(self, batch: TokenBatch) -> None:
+        """NaN or Inf vectors would silently poison every sum; name the metric, model and layer instead."""
+        import torch
+
+        bad = ~torch.isfinite(batch.x).all(dim=1)
+        if bool(bad.any()):
+            model = self.metadata.get("model_id") or "?"
+            layer = "?" if self.layer is None else self.layer
+            first = int(batch.sentence_id[bad][0])
+            raise ValueError(
+                f"metric {self.name}: model {model}, layer {layer} holds NaN or Inf vectors ({int(bad.sum())} "
+                f"token(s), first in sentence_id {first}); the dump is damaged or the model overflowed: "
+                "delete the dump and rerun the embed step (in float32 if it was float16)")
 
     @abstractmethod
     def _update(self, batch: TokenBatch) -> None: ...
