@@ -109,6 +109,23 @@ def test_outputs_figures_and_table(study):
     assert not list(results.rglob("*.tmp-*")), "temporary files left behind"
 
 
+def test_html_report_is_the_last_step_and_opens_in_chromium(study, tmp_path):
+    from test_report import assert_renders, open_in_chromium
+    from tokenuni.report import discover_figures
+
+    results = study / "results"
+    report = results / "report" / "index.html"
+    assert report.stat().st_mtime >= (results / "mlflow" / "sync.json").stat().st_mtime
+    html = report.read_text(encoding="utf-8")
+    runs = json.loads((results / "mlflow" / "sync.json").read_text())["runs"]
+    assert len(runs) == len(list((results / "runs").glob("*/*.json")))
+    assert all(f"id='run-{run_id}'" in html for run_id in runs.values())
+    figures = discover_figures(results)
+    assert len(figures) >= len(list((results / "figures").rglob("*.png"))) > 0
+    assert_renders(open_in_chromium(report, tmp_path / "study_report.png", keep_as="study_report.png"),
+                   n_figures=len(figures))
+
+
 def test_one_mlflow_run_per_job(study):
     results = study / "results"
     records = sorted((results / "runs").glob("*/*.json"))
@@ -133,6 +150,36 @@ def test_one_mlflow_run_per_job(study):
     assert client_history, "embed runs log their figures (tokens, seconds)"
 
 
+def test_paper_figures_and_snakemake_report(study, tmp_path):
+    """The papers' figures exist for the enabled sections (PNG, SVG, PDF; logged in their MLflow runs) and
+    `snakemake --report` builds with their captions."""
+    from matplotlib.image import imread
+
+    from tokenuni.figures import DPI, PANEL_FIGSIZE
+
+    figures = study / "results" / "figures"
+    made = ["geometry_by_layer", "oversmoothing_by_layer", "sts/mean_last/scores", "sts/first_last_1/geometry",
+            "sts/minilm/sts_table", "finetune/scores", "finetune/isotropy_vs_score"]
+    for stem in made:
+        for ext in ("png", "svg", "pdf"):
+            assert (figures / f"{stem}.{ext}").stat().st_size > 5_000, f"{stem}.{ext}"
+    assert imread(figures / "geometry_by_layer.png").shape[:2] == (round(PANEL_FIGSIZE[1] * DPI),
+                                                                   round(PANEL_FIGSIZE[0] * DPI))
+    assert not (figures / "checkpoints").exists()  # no model listed at several checkpoints
+    record = json.loads((study / "results" / "runs" / "figure_geometry_panels" / "figure_geometry_panels.json")
+                        .read_text())
+    assert sorted(Path(a["path"]).name for a in record["artifacts"]) == [
+        "geometry_by_layer.pdf", "geometry_by_layer.png", "geometry_by_layer.svg"]
+
+    report = tmp_path / "report.html"
+    snakemake(study, "--report", str(report))
+    html = report.read_text(encoding="utf-8")
+    assert len(html) > 100_000
+    for caption in ("Revisiting Over-smoothing in BERT", "between the cosine", "one point per run",  # ASCII: the
+                    "Layer convention", "isotropy vs score"):  # report stores captions as JSON (\\u escapes)
+        assert caption in html, caption
+
+
 def test_second_run_does_nothing(study):
     assert planned_jobs(study) == {}
     result = snakemake(study)
@@ -143,10 +190,11 @@ def test_changing_one_metric_option_reruns_only_that_metric(study, mirror):
     before = len(mlflow_runs(study / "results"))
     write_config(study, mirror, **{"metrics.token_uniformity.min_tokens": 3})
     planned = planned_jobs(study)
-    assert planned == {"metric": 2, "figure_by_layer": 1, "metrics_table": 1, "mlflow_sync": 1, "all": 1}
+    assert planned == {"metric": 2, "figure_by_layer": 1, "metrics_table": 1, "mlflow_sync": 1, "html_report": 1,
+                       "figure_geometry_panels": 1, "figure_oversmoothing": 1, "all": 1}
     snakemake(study)
     runs = mlflow_runs(study / "results")
-    assert len(runs) == before + 4  # two metric jobs, their figure, the table
+    assert len(runs) == before + 6  # two metric jobs, their figure, the table, the two panel figures of the table
     assert planned_jobs(study) == {}
 
 
@@ -187,7 +235,8 @@ def test_changing_a_transform_parameter_reruns_only_that_transform(study, mirror
     snakemake(study)
     write_config(study, mirror, **metric_change, **{"sts.transforms.softdecay.params.alpha": -0.3})
     planned = planned_jobs(study)
-    assert planned == {"sts": 2, "sts_table": 1, "mlflow_sync": 1, "all": 1}  # two poolings, no model run
+    assert planned == {"sts": 2, "sts_table": 1, "mlflow_sync": 1, "html_report": 1, "all": 1,  # no model run
+                       "figure_sts_scores": 2, "figure_sts_geometry": 2, "figure_sts_table": 1}  # STS figures
     snakemake(study)
     assert planned_jobs(study) == {}
 

@@ -23,8 +23,8 @@ from tokenuni.figures.style import (LAYER_AXIS_LABEL, _LINESTYLES, _MARKERS, _ch
 
 
 # ---------------------------------------------------------------------------------- singular-value CDF
-def plot_singular_value_cdf(table: pd.DataFrame, out_png, out_svg=None, *, variant: str = "uncentred",
-                            title: str | None = None) -> None:
+def plot_singular_value_cdf(table: pd.DataFrame, out_png, out_svg=None, out_pdf=None, *,
+                            variant: str = "uncentred", title: str | None = None) -> None:
     """Empirical CDF of s / max(s) per layer for ONE (model, corpus) (Yan et al., UAI 2022, token uniformity).
 
     x: normalised singular value in [0, 1]; y: fraction of the layer's singular values <= x. One line per
@@ -78,18 +78,14 @@ def plot_singular_value_cdf(table: pd.DataFrame, out_png, out_svg=None, *, varia
     ncols = 1 if plotted <= 14 else 2
     ax.legend(title=LAYER_AXIS_LABEL, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
               fontsize=7, title_fontsize=7, ncols=ncols, frameon=False)
-    save_figure(fig, out_png, out_svg)
+    save_figure(fig, out_png, out_svg, out_pdf)
 
 
 # -------------------------------------------------------------------------------------- metric by layer
-def plot_metric_by_layer(table: pd.DataFrame, metric: str, out_png, out_svg=None, *, ylabel: str | None = None,
-                         title: str | None = None) -> None:
-    """A scalar metric against layer: one line with markers per (model, corpus[, variant when several]).
-
-    Colour per model (stable, :func:`model_colours`), line style per corpus, marker per variant. Rows that
-    repeat a (model, corpus, variant, layer) – several seeds – are averaged and their min-max range shaded;
-    several sample sizes give separate lines. Raises ``ValueError`` when ``metric`` is absent or vector-valued.
-    """
+def scalar_rows(table: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The rows of one scalar ``metric``, with ``variant`` ('' when none) and ``sample_size`` (-1 when not
+    subsampled) normalised and model/corpus as str. Raises ``ValueError`` when the metric is absent or
+    vector-valued (has components)."""
     _check_columns(table, ["model", "corpus", "layer", "metric", "value"])
     rows = table[table["metric"] == metric].copy()
     if rows.empty:
@@ -105,39 +101,62 @@ def plot_metric_by_layer(table: pd.DataFrame, metric: str, out_png, out_svg=None
         rows["sample_size"] = -1
     rows["model"] = rows["model"].astype(str)
     rows["corpus"] = rows["corpus"].astype(str)
+    return rows
 
-    labels = model_labels(table)
-    models = sorted(rows["model"].unique())
-    corpora = sorted(rows["corpus"].unique())
-    variants = sorted(rows["variant"].unique())
-    sample_sizes = sorted(rows["sample_size"].unique())
-    show_variant = len(variants) > 1
-    show_sample = len(sample_sizes) > 1
-    colours = model_colours(models)
-    styles = {c: _LINESTYLES[i % len(_LINESTYLES)] for i, c in enumerate(corpora)}
-    markers = {v: _MARKERS[i % len(_MARKERS)] for i, v in enumerate(variants)}
 
-    fig, ax = _new_figure()
-    key_columns = ["model", "corpus", "variant"]
-    grouped = rows.groupby(key_columns + ["sample_size"], sort=True)
+def draw_metric_lines(ax, rows: pd.DataFrame, *, labels: dict, colours: dict, styles: dict, markers: dict,
+                      show_corpus: bool = True, show_variant: bool = False, show_sample: bool = False) -> set[int]:
+    """Draw prepared :func:`scalar_rows` on ``ax``: one line per (model, corpus, variant, sample size).
+
+    Colour per model, line style per corpus, marker per variant; rows repeating a layer (several seeds)
+    are averaged and their min-max range shaded. Returns the layers drawn.
+    """
     all_layers: set[int] = set()
-    n_lines = 0
-    for (model, corpus, variant, sample_size), group in grouped:
+    for (model, corpus, variant, sample_size), group in rows.groupby(["model", "corpus", "variant", "sample_size"],
+                                                                      sort=True):
         stats = group.groupby("layer")["value"].agg(["mean", "min", "max", "count"]).sort_index()
         layers = stats.index.to_numpy(dtype=int)
         all_layers.update(int(v) for v in layers)
-        parts = [labels.get(model, model), corpus]
+        parts = [labels.get(model, model)]
+        if show_corpus:
+            parts.append(corpus)
         if show_variant:
             parts.append(variant or "–")
         if show_sample and sample_size != -1:
             parts.append(f"n={sample_size}")
-        line, = ax.plot(layers, stats["mean"].to_numpy(), color=colours[model], linestyle=styles[corpus],
-                        marker=markers[variant], markersize=4, linewidth=1.5, label=" · ".join(parts))
+        line, = ax.plot(layers, stats["mean"].to_numpy(), color=colours[model], linestyle=styles.get(corpus, "-"),
+                        marker=markers.get(variant, "o"), markersize=4, linewidth=1.5, label=" · ".join(parts))
         if (stats["count"] > 1).any():
             ax.fill_between(layers, stats["min"].to_numpy(), stats["max"].to_numpy(), color=line.get_color(),
                             alpha=0.15, linewidth=0)
-        n_lines += 1
+    return all_layers
 
+
+def line_styles(rows: pd.DataFrame) -> tuple[dict, dict]:
+    """Line style per corpus and marker per variant, in sorted order (the same in every panel)."""
+    corpora = sorted(rows["corpus"].astype(str).unique())
+    variants = sorted(rows["variant"].map(_variant_name).unique()) if "variant" in rows.columns else [""]
+    return ({c: _LINESTYLES[i % len(_LINESTYLES)] for i, c in enumerate(corpora)},
+            {v: _MARKERS[i % len(_MARKERS)] for i, v in enumerate(variants)})
+
+
+def plot_metric_by_layer(table: pd.DataFrame, metric: str, out_png, out_svg=None, out_pdf=None, *,
+                         ylabel: str | None = None, title: str | None = None) -> None:
+    """A scalar metric against layer: one line with markers per (model, corpus[, variant when several]).
+
+    Colour per model (stable, :func:`model_colours`), line style per corpus, marker per variant. Rows that
+    repeat a (model, corpus, variant, layer) – several seeds – are averaged and their min-max range shaded;
+    several sample sizes give separate lines. Raises ``ValueError`` when ``metric`` is absent or vector-valued.
+    """
+    rows = scalar_rows(table, metric)
+    labels = model_labels(table)
+    models = sorted(rows["model"].unique())
+    styles, markers = line_styles(rows)
+    fig, ax = _new_figure()
+    all_layers = draw_metric_lines(ax, rows, labels=labels, colours=model_colours(models), styles=styles,
+                                   markers=markers, show_variant=rows["variant"].nunique() > 1,
+                                   show_sample=rows["sample_size"].nunique() > 1)
+    n_lines = len(ax.get_lines())
     if len(all_layers) <= 30:
         ax.set_xticks(sorted(all_layers))
     else:
@@ -151,4 +170,4 @@ def plot_metric_by_layer(table: pd.DataFrame, metric: str, out_png, out_svg=None
             title = f"{metric_label(metric)} by layer"
     _set_title(fig, title)
     fig.legend(loc="outside lower center", fontsize=7, frameon=False, handlelength=3.5, ncols=min(n_lines, 2 if n_lines <= 8 else 3))
-    save_figure(fig, out_png, out_svg)
+    save_figure(fig, out_png, out_svg, out_pdf)

@@ -1,5 +1,9 @@
 """Shared figure style: sizes, labels, colours per model, headless figure creation, atomic saving.
 
+Sizes: single-axis figures are :data:`FIGSIZE` inches, multi-panel grids :data:`PANEL_FIGSIZE`, the STS
+heat-map table :data:`TABLE_FIGSIZE`; every PNG is that size times :data:`DPI` pixels exactly. PNG is for
+the Snakemake report, SVG and PDF for papers (``save_figure``).
+
 Layer convention everywhere: layer 0 = embedding output (``hidden_states[0]``), layer L = output of
 transformer block L; every figure states it in an axis label or legend title.
 
@@ -8,19 +12,19 @@ rendered by the Agg / SVG canvases, so nothing depends on a display or on the gl
 """
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 import textwrap
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib import colormaps
+from matplotlib import colormaps, rc_context
 from matplotlib.figure import Figure
 
 FIGSIZE = (7.0, 4.5)
+PANEL_FIGSIZE = (13.0, 7.5)  # grids of panels (one metric or task per panel)
+TABLE_FIGSIZE = (9.0, 10.0)  # heat-map tables (rows: pooling x transform)
 DPI = 150
 LAYER_AXIS_LABEL = "layer (0 = embedding output)"
 
@@ -104,6 +108,49 @@ def _new_figure() -> tuple[Figure, object]:
     return fig, ax
 
 
+def _new_panels(n_panels: int, ncols: int | None = None, figsize=PANEL_FIGSIZE) -> tuple[Figure, list]:
+    """A figure with ``n_panels`` axes on a grid (unused grid cells removed), gridlines on, small fonts."""
+    if n_panels < 1:
+        raise ValueError("a panel figure needs at least one panel")
+    ncols = ncols or (1 if n_panels == 1 else 2 if n_panels <= 4 else 3 if n_panels <= 6 else 4 if n_panels <= 8 else 5)
+    nrows = -(-n_panels // ncols)
+    fig = Figure(figsize=figsize, dpi=DPI, layout="constrained")
+    grid = fig.subplots(nrows, ncols, squeeze=False)
+    axes = list(grid.ravel())
+    for ax in axes[n_panels:]:
+        fig.delaxes(ax)
+    for ax in axes[:n_panels]:
+        ax.grid(True, alpha=0.3)
+        ax.tick_params(labelsize=7)
+    return fig, axes[:n_panels]
+
+
+def _set_layer_axis(ax, layers, label: bool = True) -> None:
+    """Integer layer ticks (every layer up to 30 layers) and, when asked, the layer-convention label."""
+    from matplotlib.ticker import MaxNLocator
+
+    layers = sorted({int(v) for v in layers})
+    if 0 < len(layers) <= 30:
+        step = 1 if len(layers) <= 15 else 2
+        ax.set_xticks(layers[::step])
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if label:
+        ax.set_xlabel(LAYER_AXIS_LABEL, fontsize=8)
+
+
+def _figure_legend(fig: Figure, axes, *, title: str | None = None, max_cols: int = 4) -> None:
+    """One legend below the panels with every distinct label of ``axes`` (first handle per label)."""
+    handles: dict[str, object] = {}
+    for ax in axes:
+        for handle, text in zip(*ax.get_legend_handles_labels()):
+            if not text.startswith("_"):
+                handles.setdefault(text, handle)
+    if handles:
+        fig.legend(list(handles.values()), list(handles), loc="outside lower center", fontsize=7, frameon=False,
+                   handlelength=3.0, title=title, title_fontsize=7, ncols=min(len(handles), max_cols))
+
+
 def _set_title(fig: Figure, title: str) -> None:
     """Figure-level title (constrained layout keeps it and outside legends apart); long titles wrap."""
     fig.suptitle("\n".join(textwrap.wrap(title, 90)) if title else title, fontsize=10)
@@ -120,30 +167,27 @@ def _variant_name(variant) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- saving
-def save_figure(fig, out_png, out_svg=None) -> None:
-    """Write ``fig`` as PNG (150 dpi) and, when asked, SVG; each atomically; then close the figure.
+def save_figure(fig, out_png, out_svg=None, out_pdf=None) -> None:
+    """Write ``fig`` as PNG (150 dpi; for the report) and, when asked, SVG and PDF (for papers); each
+    atomically; then close the figure.
 
     Every file goes to a temporary name in its destination folder and is moved into place with
-    ``os.replace``, so a reader (or Snakemake) never sees a half-written figure. The size is exactly
-    the figure size times the dpi (no ``bbox_inches="tight"``).
+    ``os.replace`` (:func:`tokenuni.store.atomic_path`), so a reader (or Snakemake) never sees a
+    half-written figure. The PNG is exactly the figure size times the dpi (no ``bbox_inches="tight"``).
     """
+    from tokenuni.store import atomic_path
+
     try:
         targets = [(Path(out_png), "png")]
         if out_svg is not None:
             targets.append((Path(out_svg), "svg"))
+        if out_pdf is not None:
+            targets.append((Path(out_pdf), "pdf"))
         for path, fmt in targets:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp.{fmt}")
-            os.close(fd)
-            try:
-                # No date in the metadata: the same table gives byte-identical files.
-                metadata = {"Date": None} if fmt == "svg" else None
+            # No date in the metadata and fixed SVG ids: the same table gives byte-identical files.
+            metadata = {"svg": {"Date": None}, "pdf": {"CreationDate": None, "ModDate": None}}.get(fmt)
+            with atomic_path(path) as tmp, rc_context({"svg.hashsalt": "tokenuni"}):
                 fig.savefig(tmp, format=fmt, dpi=DPI, metadata=metadata)
-                os.replace(tmp, path)
-            except BaseException:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-                raise
     finally:
         if "matplotlib.pyplot" in sys.modules:  # a pyplot-managed figure: release it from the figure manager
             import matplotlib.pyplot as plt

@@ -1,0 +1,277 @@
+"""Tokens of a layer projected on the layer's top principal components: the table behind the PCA views.
+
+Cai, Huang, Bian, Church, "Isotropy in the Contextual Embedding Space: Clusters and Manifolds", ICLR 2021
+(§4, "manifolds"): the tokens of a layer, projected on its first two or three principal components and
+coloured by the log frequency of their word type, show where frequent and rare tokens sit (GPT-2: a
+"Swiss roll"; BERT: no such shape), and coloured by k-means cluster, how the space falls into clusters.
+
+:func:`token_projection` streams a dump once and returns one tidy row per (layer, sampled token):
+
+* PCA per layer, exact over every token of the layer (special tokens left out unless
+  ``special_tokens``): μ = (1/N) Σ x, C = (1/N) Σ (x − μ)(x − μ)ᵀ from the streamed sufficient statistics
+  (:class:`~tokenuni.metrics.base.GramSums`, float64), eigenpairs C v_k = λ_k v_k by ``eigh`` in descending
+  λ; each v_k's sign fixed so that its largest-|loading| coordinate is positive (the first on ties, the
+  convention of :mod:`tokenuni.metrics.word_frequency`). ``explained_variance_ratio_pc<k>`` = λ_k / Σ_j λ_j
+  (= λ_k / tr C, over all d components).
+* The projected tokens: a seeded :class:`~tokenuni.metrics.base.ReservoirSample` of ``sample_size`` tokens
+  (bottom-k of a hash of (sentence_id, position)), the same tokens for every layer and the same tokens
+  that the ``clusters``, ``lid`` and ``alignment_uniformity`` metrics draw with the same ``seed``,
+  ``sample_size`` and ``special_tokens``; ``pc<k>`` = (x − μ) · v_k.
+* ``frequency``: the dump's ``frequency`` column — occurrences of the token id in the tokenised corpus,
+  counted once by the embed step (:func:`tokenuni.embed.embed_corpus`, special tokens included in the
+  count): the frequency notion of :mod:`tokenuni.metrics.word_frequency`, not a pre-training frequency.
+* ``cluster``: k-means labels of the sampled tokens in the layer's full d-dimensional space, by
+  :func:`tokenuni.metrics.clusters.kmeans` (seeded k-means++ / Lloyd, best of ``n_init``), k per layer from
+  ``clusters``: an integer (every layer), a mapping layer → k, or ``None`` (no clustering: ``cluster`` is
+  missing). :func:`mms_k_by_layer` reads the k chosen by maximum mean silhouette (``mms_k``) from a
+  ``clusters`` metric table; with that metric's ``seed``, ``sample_size``, ``n_init``, ``max_iter``, ``tol``
+  the labels are exactly those of its first repeat (the clusterings it scored). k = 1: every label 0.
+
+Layer convention: layer 0 = embedding output (``hidden_states[0]``), layer L = output of block L.
+Memory: one d × d Gram matrix per layer and the sampled vectors (layers × sample_size × d floats).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+
+from tokenuni.store import DumpError, layer_column, open_dump
+
+log = logging.getLogger(__name__)
+
+#: defaults of :func:`tokenuni.metrics.clusters.kmeans` that the ``clusters`` metric also uses
+KMEANS_DEFAULTS = {"n_init": 5, "max_iter": 300, "tol": 1e-4}
+
+
+def resolve_layers(layers, n_layers: int, path) -> list[int]:
+    """Layer indices to project (``None``: all; negative indices count from the last layer), checked."""
+    if layers is None:
+        return list(range(n_layers))
+    if isinstance(layers, (int, np.integer)):
+        layers = [layers]
+    resolved = []
+    for layer in layers:
+        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)):
+            raise ValueError(f"{path}: layer {layer!r} is not an integer layer index")
+        index = int(layer) + n_layers if layer < 0 else int(layer)
+        if not 0 <= index < n_layers:
+            raise ValueError(f"{path}: layer {layer} does not exist; the dump has layers 0..{n_layers - 1} "
+                             f"(layer 0 = embedding output; negative indices count from the last layer)")
+        if index not in resolved:
+            resolved.append(index)
+    return sorted(resolved)
+
+
+def mms_k_by_layer(clusters_table) -> dict[int, int]:
+    """k chosen by maximum mean silhouette per layer (rows ``mms_k``) of a ``clusters`` metric table (path or frame)."""
+    table = clusters_table if isinstance(clusters_table, pd.DataFrame) else pd.read_parquet(clusters_table)
+    rows = table[table["metric"] == "mms_k"]
+    if rows.empty:
+        raise ValueError(f"clusters table {clusters_table if not isinstance(clusters_table, pd.DataFrame) else ''} "
+                         f"has no mms_k rows (is it the table of the clusters metric?)")
+    return {int(layer): int(round(value)) for layer, value in zip(rows["layer"], rows["value"])}
+
+
+def projection_options(options: Mapping, clusters_table=None) -> dict:
+    """Keyword arguments of :func:`token_projection` from the config's ``projection`` section.
+
+    ``clusters``: ``"mms"`` = the k per layer chosen by the clusters metric (``clusters_table`` required),
+    an integer k, or ``None``; ``kmeans``: k-means options (``n_init``, ``max_iter``, ``tol``). ``enabled``
+    is ignored.
+    """
+    known = {"enabled", "layers", "sample_size", "seed", "components", "clusters", "special_tokens", "kmeans"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(f"projection: unknown option(s) {unknown}; known: {sorted(known)}")
+    clusters = options.get("clusters")
+    if clusters == "mms":
+        if clusters_table is None:
+            raise ValueError('projection: clusters "mms" takes k per layer from the clusters metric; '
+                             "pass its table (--clusters-table) or set clusters to an integer k or null")
+        clusters = mms_k_by_layer(clusters_table)
+    elif isinstance(clusters, str):
+        raise ValueError(f'projection: clusters must be "mms", an integer k or null, got {clusters!r}')
+    return {"layers": options.get("layers"), "sample_size": int(options.get("sample_size", 5000)),
+            "seed": int(options.get("seed", 0)), "components": int(options.get("components", 3)),
+            "clusters": clusters, "special_tokens": bool(options.get("special_tokens", False)),
+            "kmeans_options": dict(options.get("kmeans") or {})}
+
+
+def _clusters_per_layer(clusters, layers: list[int], path) -> dict[int, int]:
+    if clusters is None:
+        return {}
+    if isinstance(clusters, Mapping):
+        missing = [layer for layer in layers if layer not in clusters]
+        if missing:
+            raise ValueError(f"{path}: no number of clusters for layer(s) {missing} "
+                             f"(clusters given for layers {sorted(clusters)})")
+        ks = {layer: int(clusters[layer]) for layer in layers}
+    elif isinstance(clusters, (int, np.integer)) and not isinstance(clusters, bool):
+        ks = {layer: int(clusters) for layer in layers}
+    else:
+        raise ValueError(f"clusters must be None, an integer k or a mapping layer -> k, got {clusters!r}")
+    bad = {layer: k for layer, k in ks.items() if k < 1}
+    if bad:
+        raise ValueError(f"{path}: the number of clusters must be >= 1, got {bad} (layer: k)")
+    return ks
+
+
+def _sampled_rows(dump, sample_size: int, seed: int, special_tokens: bool, device):
+    """Dump rows of the seeded token sample, in the sample's (sentence_id, position) order.
+
+    The reservoir sees only the token index (vectors of width 0), so the sample costs no vector reads
+    and equals the one a metric with the same seed and size draws from any layer.
+    """
+    import torch
+
+    from tokenuni.metrics.base import ReservoirSample, TokenBatch
+
+    sample = ReservoirSample(sample_size, seed)
+    offset = 0
+    kept = 0
+    for batch in dump.batches(["sentence_id", "position", "token_id", "special", "frequency"]):
+        n = batch.num_rows
+        columns = {name: np.asarray(batch.column(name).to_numpy(zero_copy_only=False)) for name in batch.schema.names}
+        keep = np.ones(n, dtype=bool) if special_tokens else ~columns["special"].astype(bool)
+        if keep.any():
+            def tensor(values, dtype=np.int64):
+                return torch.from_numpy(np.ascontiguousarray(values[keep], dtype=dtype)).to(device)
+
+            tokens = TokenBatch(x=torch.zeros((int(keep.sum()), 0), dtype=torch.float64, device=device),
+                                sentence_id=tensor(columns["sentence_id"]), token_id=tensor(columns["token_id"]),
+                                special=tensor(columns["special"], np.bool_), frequency=tensor(columns["frequency"]),
+                                position=tensor(columns["position"]))
+            sample.update(tokens, row=tensor(np.arange(offset, offset + n)))
+            kept += int(keep.sum())
+        offset += n
+    rows = sample.rows()
+    return (rows["row"].cpu().numpy() if rows else np.zeros(0, dtype=np.int64)), kept
+
+
+def token_projection(dump_path, *, layers=None, sample_size: int = 5000, seed: int = 0, components: int = 3,
+                     clusters: int | Mapping[int, int] | None = None, special_tokens: bool = False,
+                     kmeans_options: Mapping | None = None, model: str | None = None, corpus: str | None = None,
+                     device="cpu", progress: bool = True) -> pd.DataFrame:
+    """Project a seeded token sample on each layer's top principal components (exact PCA over all tokens).
+
+    Returns one row per (layer, sampled token) with columns ``model, training_step, corpus, layer,
+    token_index`` (row in the dump), ``sentence_id, position, token_id, token, special, frequency,
+    pc1 … pc<components>, explained_variance_ratio_pc1 …, n_tokens`` (tokens in the PCA), ``cluster,
+    cluster_k`` (nullable; ``None`` when ``clusters`` is None), ``seed, sample_size``. ``model`` and
+    ``corpus`` default to the dump's metadata. See the module docstring for the formulas.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from tokenuni.metrics.base import GramSums, as_tensor
+    from tokenuni.metrics.clusters import kmeans
+
+    path = Path(dump_path)
+    if int(sample_size) < 1:
+        raise ValueError(f"projection: sample_size must be at least 1, got {sample_size}")
+    if int(components) < 1:
+        raise ValueError(f"projection: components must be at least 1, got {components}")
+    kmeans_options = {**KMEANS_DEFAULTS, **(kmeans_options or {})}
+    unknown = sorted(set(kmeans_options) - set(KMEANS_DEFAULTS))
+    if unknown:
+        raise ValueError(f"projection: unknown k-means option(s) {unknown}; known: {sorted(KMEANS_DEFAULTS)}")
+    device = torch.device(device)
+    dump = open_dump(path)
+    meta = dump.metadata
+    model = model or meta.get("model_id", path.parent.name)
+    corpus = corpus or meta.get("corpus", path.stem)
+    layer_list = resolve_layers(layers, dump.n_layers, path)
+    ks = _clusters_per_layer(clusters, layer_list, path)
+    if int(components) > dump.hidden_size:
+        raise ValueError(f"{path}: components={components} exceeds the hidden size {dump.hidden_size}")
+
+    rows, n_tokens = _sampled_rows(dump, int(sample_size), int(seed), bool(special_tokens), device)
+    if n_tokens < 2:
+        raise DumpError(f"{path}: {n_tokens} token(s) to project (special tokens "
+                        f"{'included' if special_tokens else 'excluded'}); need at least 2")
+    # where each dump row goes in the sample (the sample keeps its (sentence_id, position) order)
+    by_row = np.argsort(rows, kind="stable")
+    sorted_rows = rows[by_row]
+
+    grams = {layer: GramSums() for layer in layer_list}
+    sampled = {layer: torch.zeros((len(rows), dump.hidden_size), dtype=torch.float64, device=device)
+               for layer in layer_list}
+    offset = 0
+    columns = ["special"] + [layer_column(layer) for layer in layer_list]
+    for batch in tqdm(dump.batches(columns), total=dump.reader.num_record_batches, unit="batch",
+                      desc=f"projection {model}/{corpus}", disable=not progress):
+        n = batch.num_rows
+        special = np.asarray(batch.column("special").to_numpy(zero_copy_only=False), dtype=bool)
+        keep = None if special_tokens else torch.from_numpy(~special).to(device)
+        lo, hi = np.searchsorted(sorted_rows, [offset, offset + n])
+        local = torch.from_numpy(sorted_rows[lo:hi] - offset).to(device)
+        target = torch.from_numpy(by_row[lo:hi]).to(device)
+        for layer in layer_list:
+            x = as_tensor(batch.column(layer_column(layer)), device)
+            grams[layer].update(x if keep is None else x[keep])
+            if len(local):
+                sampled[layer][target] = x[local]
+        offset += n
+
+    index = dump.read_index().to_pandas().iloc[rows].reset_index(drop=True)
+    base = pd.DataFrame({
+        "model": model,
+        "training_step": pd.array([int(meta["training_step"]) if meta.get("training_step") else pd.NA] * len(rows),
+                                  dtype="Int64"),
+        "corpus": corpus,
+        "token_index": rows.astype(np.int64),
+        "sentence_id": index["sentence_id"].astype(np.int64),
+        "position": index["position"].astype(np.int64),
+        "token_id": index["token_id"].astype(np.int64),
+        "token": index["token"].astype(str),
+        "special": index["special"].astype(bool),
+        "frequency": index["frequency"].astype(np.int64),
+    })
+    frames = []
+    for layer in layer_list:
+        gram = grams[layer]
+        mean = gram.total / gram.count
+        covariance = gram.centred_gram() / gram.count
+        eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
+        order = torch.argsort(eigenvalues, descending=True)
+        eigenvalues, eigenvectors = eigenvalues[order], eigenvectors[:, order]
+        top = eigenvectors[:, :int(components)].clone()
+        signs = torch.sign(top.gather(0, top.abs().argmax(dim=0, keepdim=True)))[0]
+        top *= torch.where(signs == 0, torch.ones_like(signs), signs)
+        total = float(eigenvalues.clamp_min(0).sum())
+        projected = ((sampled[layer] - mean) @ top).cpu().numpy()
+        frame = base.copy()
+        frame.insert(3, "layer", layer)
+        for k in range(int(components)):
+            frame[f"pc{k + 1}"] = projected[:, k]
+        for k in range(int(components)):
+            ratio = float(eigenvalues[k]) / total if total > 0 else float("nan")
+            frame[f"explained_variance_ratio_pc{k + 1}"] = ratio
+        frame["n_tokens"] = int(gram.count)
+        if layer in ks:
+            k = min(ks[layer], len(rows))
+            if k != ks[layer]:
+                log.warning("projection %s/%s layer %d: k lowered from %d to the %d sampled tokens",
+                            model, corpus, layer, ks[layer], len(rows))
+            if k == 1:
+                labels = np.zeros(len(rows), dtype=np.int64)
+            else:
+                labels = kmeans(sampled[layer], k, seed=int(seed), key=(0,), **kmeans_options)[0].cpu().numpy()
+            frame["cluster"] = pd.array(labels, dtype="Int64")
+            frame["cluster_k"] = pd.array([k] * len(rows), dtype="Int64")
+        else:
+            frame["cluster"] = pd.array([pd.NA] * len(rows), dtype="Int64")
+            frame["cluster_k"] = pd.array([pd.NA] * len(rows), dtype="Int64")
+        frame["seed"] = int(seed)
+        frame["sample_size"] = int(sample_size)
+        frames.append(frame)
+        log.info("projection %s/%s layer %d: %d tokens, PC1-%d explain %s of the variance%s", model, corpus, layer,
+                 gram.count, int(components),
+                 ", ".join(f"{100 * frame[f'explained_variance_ratio_pc{k + 1}'].iat[0]:.1f} %"
+                           for k in range(int(components))),
+                 f", k = {ks[layer]}" if layer in ks else "")
+    return pd.concat(frames, ignore_index=True)
