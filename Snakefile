@@ -17,14 +17,19 @@ if not workflow.overwrite_configfiles:
 
 
 
+report: "workflow/report/workflow.rst"  # `snakemake --report report.html`: every figure with its caption
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/corpus.smk"
 include: "workflow/rules/embed.smk"
 include: "workflow/rules/metrics.smk"
 include: "workflow/rules/figures.smk"
+include: "workflow/rules/projection.smk"
 include: "workflow/rules/sts.smk"
 include: "workflow/rules/finetune.smk"
 include: "workflow/rules/tracking.smk"
+include: "workflow/rules/report.smk"
 
 
 localrules:

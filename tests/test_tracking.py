@@ -2,13 +2,10 @@
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import sys
-import time
 
 import pytest
 
+from conftest import free_port  # the mlflow_server fixture lives in conftest too
 from tokenuni.tracking import JobRun, read_record, sync_records
 
 
@@ -50,45 +47,6 @@ def test_failed_job_leaves_a_failed_record_and_raises(tmp_path):
     assert len(failed) == 1 and json.loads(failed[0].read_text())["status"] == "FAILED"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    """A real `mlflow server` on loopback, started for these tests and stopped after."""
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{root / 'server.db'}", "--default-artifact-root", str(root / "art"),
-         "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=open(root / "server.log", "w"),
-    )
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
-        except OSError:
-            if process.poll() is not None:
-                pytest.fail(f"mlflow server exited: {(root / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.5)
-    else:
-        process.kill()
-        pytest.fail("mlflow server did not start in 90 s")
-    time.sleep(1.0)
-    yield uri
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-
-
 def test_live_logging_to_a_server_and_sync_does_not_duplicate(tmp_path, mlflow_server):
     record = tmp_path / "runs" / "finetune" / "m__sst2__baseline__0.json"
     with JobRun(record, rule="finetune", wildcards={"model": "m"}, params={"lr": 2e-5},
@@ -113,6 +71,6 @@ def test_live_logging_falls_back_when_the_server_is_down(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
     record = tmp_path / "runs" / "finetune" / "x.json"
-    with JobRun(record, rule="finetune", live_tracking_uri=f"http://127.0.0.1:{_free_port()}", experiment="e") as run:
+    with JobRun(record, rule="finetune", live_tracking_uri=f"http://127.0.0.1:{free_port()}", experiment="e") as run:
         run.log_metric("train/loss", 1.0, step=1)
     assert read_record(record)["status"] == "FINISHED"  # the job still succeeds; the sync imports it later

@@ -36,9 +36,22 @@ def _job_run(args, params: dict):
     from tokenuni.tracking import JobRun
 
     # live logging when the workflow points at an MLflow server (set by workflow/rules/common.smk)
-    return JobRun(args.record, rule=args.job.get("rule", args.command), wildcards=args.job.get("wildcards", {}),
-                  params=params, live_tracking_uri=os.environ.get("TOKENUNI_MLFLOW_LIVE_URI"),
-                  experiment=os.environ.get("TOKENUNI_MLFLOW_EXPERIMENT"))
+    run = JobRun(args.record, rule=args.job.get("rule", args.command), wildcards=args.job.get("wildcards", {}),
+                 params=params, live_tracking_uri=os.environ.get("TOKENUNI_MLFLOW_LIVE_URI"),
+                 experiment=os.environ.get("TOKENUNI_MLFLOW_EXPERIMENT"))
+    if "CUDA_VISIBLE_DEVICES" in os.environ:  # the GPU lease (or SLURM) chose the devices
+        run.set_tags({"tokenuni.cuda_visible_devices": os.environ["CUDA_VISIBLE_DEVICES"]})
+    return run
+
+
+def _gpu_lease(args):
+    """Stages that take ``--device`` lease one GPU before torch touches CUDA (see gpu_lease), unless the
+    device is ``cpu`` or names one explicitly (``cuda:1``: the caller chose it)."""
+    if getattr(args, "device", "cpu") not in ("auto", "cuda"):
+        return nullcontext([])
+    from tokenuni.gpu_lease import lease_gpu
+
+    return lease_gpu(1)
 
 
 def _set_threads(threads: int | None) -> None:
@@ -65,7 +78,8 @@ def cmd_corpus(args) -> None:
         summary = import_corpus(args.spec, args.mirror, args.out)
         if run:
             run.log_params({"source": summary.get("source")})
-            run.log_metrics({"rows": summary["rows_after"], "rows_before_sampling": summary["rows_before"]})
+            run.log_metrics({"rows": summary["rows_after"], "rows_before_sampling": summary["rows_before"],
+                             "rows_dropped_empty": summary["rows_dropped_empty"]})
             run.set_tags({"tokenuni.corpus_source": summary.get("source")})
             for item in summary.get("files", []):
                 run.log_input(item["path"], context="mirror")
@@ -117,6 +131,54 @@ def cmd_metric(args) -> None:
     log.info("metric %s on %s/%s: %d rows -> %s", args.name, args.model, args.corpus, len(table), args.out)
 
 
+def cmd_projection(args) -> None:
+    import pandas as pd
+
+    from tokenuni.devices import select_device
+    from tokenuni.projection import projection_options, token_projection
+    from tokenuni.tables import write_table
+
+    _set_threads(args.threads)
+    device = select_device(args.device)
+    options = projection_options(args.options, args.clusters_table)
+    with _job_run(args, {"projection": args.options}) as run:
+        table = token_projection(args.dump, model=args.model, corpus=args.corpus, device=device,
+                                 progress=not args.no_progress, **options)
+        write_table(table, args.out)
+        if run:
+            run.set_tags({"tokenuni.device": str(device)})
+            run.log_input(args.dump, context="dump")
+            if args.clusters_table:
+                run.log_input(args.clusters_table, context="clusters")
+            per_layer = table.drop_duplicates("layer")
+            for row in per_layer.itertuples():
+                run.log_metrics({column: getattr(row, column) for column in per_layer.columns
+                                 if column.startswith("explained_variance_ratio_pc")}, step=row.layer)
+                if pd.notna(row.cluster_k):
+                    run.log_metric("cluster_k", int(row.cluster_k), step=row.layer)
+            run.log_params({"sampling.projection": {"sample_size": options["sample_size"], "seed": options["seed"]}})
+            run.log_artifact(args.out, "projections")
+    log.info("projection %s/%s: %d rows -> %s", args.model, args.corpus, len(table), args.out)
+
+
+def cmd_projection_figure(args) -> None:
+    from tokenuni.figures.projection import plot_token_projection
+    from tokenuni.tables import read_table
+
+    params = {"colour_by": args.colour_by, "dims": args.dims, "layers": args.layers}
+    with _job_run(args, params) as run:
+        table = read_table(args.table)
+        if args.model_label:
+            table["model_label"] = args.model_label
+        plot_token_projection(table, args.png, args.svg, args.pdf, layers=args.layers, colour_by=args.colour_by,
+                              dims=args.dims)
+        if run:
+            run.log_input(args.table, context="projection")
+            for path in (args.png, args.svg, args.pdf):
+                if path:
+                    run.log_artifact(path, "figures")
+
+
 def cmd_table(args) -> None:
     from tokenuni.tables import merge_tables, write_table
 
@@ -136,19 +198,41 @@ def cmd_figure(args) -> None:
     from tokenuni import figures
     from tokenuni.tables import read_table
 
-    params = {"kind": args.kind, "metric": args.metric, "variant": args.variant}
+    params = {"kind": args.kind, "metric": args.metric, "variant": args.variant, "pooling": args.pooling}
     with _job_run(args, params) as run:
         table = read_table(args.table)
         if args.model_label:
             table["model_label"] = args.model_label
+        elif args.model_labels and "model" in table.columns:
+            table["model_label"] = table["model"].astype(str).map(args.model_labels)
+        out = (args.png, args.svg, args.pdf)
         if args.kind == "singular-value-cdf":
-            figures.plot_singular_value_cdf(table, args.png, args.svg, variant=args.variant)
-        else:
-            figures.plot_metric_by_layer(table, args.metric, args.png, args.svg)
+            figures.plot_singular_value_cdf(table, *out, variant=args.variant)
+        elif args.kind == "by-layer":
+            figures.plot_metric_by_layer(table, args.metric, *out)
+        elif args.kind == "geometry-panels":
+            figures.plot_geometry_panels(table, *out)
+        elif args.kind == "oversmoothing":
+            figures.plot_oversmoothing(table, *out)
+        elif args.kind == "sts-scores":
+            figures.plot_sts_scores(table, *out, pooling=args.pooling)
+        elif args.kind == "sts-geometry":
+            figures.plot_sts_geometry(table, *out, pooling=args.pooling)
+        elif args.kind == "sts-table":
+            figures.plot_sts_table(table, *out, model=args.model)
+        elif args.kind == "finetune-scores":
+            figures.plot_finetune_scores(table, *out)
+        elif args.kind == "finetune-isotropy":
+            if args.geometry is None:
+                raise ValueError("figure finetune-isotropy needs --geometry (the fine-tuning geometry table)")
+            figures.plot_isotropy_vs_score(table, read_table(args.geometry), *out)
+        elif args.kind == "checkpoints":
+            figures.plot_metrics_by_step(table, *out)
         if run:
-            run.log_artifact(args.png, "figures")
-            if args.svg:
-                run.log_artifact(args.svg, "figures")
+            run.log_input(args.table, context="table")
+            for path in out:
+                if path:
+                    run.log_artifact(path, "figures")
 
 
 def cmd_sentences(args) -> None:
@@ -299,20 +383,27 @@ def cmd_finetune_table(args) -> None:
 
 
 def cmd_sync(args) -> None:
-    from tokenuni.tracking import sync_records
+    from tokenuni.store import atomic_path
+    from tokenuni.tracking import failed_records, sync_records
 
     records = list(args.records)
-    failed_dir = args.failed_dir
-    if failed_dir and Path(failed_dir).is_dir():
-        records += sorted(Path(failed_dir).glob("*.json"))
+    if args.failed_dir:  # failed jobs, and killed ones (their started markers, runs/started/)
+        records += failed_records(args.failed_dir, records)
     result = sync_records(records, tracking_uri=args.tracking_uri, experiment=args.experiment,
                           artifact_location=args.artifact_location)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(f".{args.out.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=1, sort_keys=True))
-    tmp.replace(args.out)
+    with atomic_path(args.out) as tmp:
+        tmp.write_text(json.dumps(result, indent=1, sort_keys=True))
     print(f"MLflow: {result['imported']} run(s) imported, {result['skipped']} already present "
           f"({result['tracking_uri']}, experiment {result['experiment']})")
+
+
+def cmd_report(args) -> None:
+    from tokenuni.report import build_report
+
+    summary = build_report(args.results, args.config, args.out, run_records_dir=args.runs, sync_file=args.sync,
+                           captions_dir=args.captions)
+    print(f"report: {summary['path']} ({summary['bytes'] / 1e6:.1f} MB, {summary['figures']} figures, "
+          f"{summary['runs']} of {summary['records']} jobs with an MLflow run)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -354,6 +445,32 @@ def build_parser() -> argparse.ArgumentParser:
     _add_job_arguments(p)
     p.set_defaults(func=cmd_metric)
 
+    p = sub.add_parser("projection", help="project a seeded token sample on each layer's principal components")
+    p.add_argument("--dump", type=Path, required=True)
+    p.add_argument("--options", type=_json, default={},
+                   help='{"layers": null, "sample_size": 5000, "seed": 0, "components": 3, "clusters": "mms"|k|null, ...}')
+    p.add_argument("--clusters-table", type=Path, default=None,
+                   help='the clusters metric table whose mms_k per layer "clusters": "mms" uses')
+    p.add_argument("--model", required=True, help="model key (for the table)")
+    p.add_argument("--corpus", required=True, help="corpus key (for the table)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=None)
+    _add_job_arguments(p)
+    p.set_defaults(func=cmd_projection)
+
+    p = sub.add_parser("projection-figure", help="PCA views of a layer's tokens from a projection table")
+    p.add_argument("--table", type=Path, required=True)
+    p.add_argument("--colour-by", choices=["frequency", "cluster"], default="frequency")
+    p.add_argument("--dims", type=int, choices=[2, 3], default=2)
+    p.add_argument("--layers", type=_json, default=None, help="JSON list of layers (default: all in the table)")
+    p.add_argument("--model-label", default=None)
+    p.add_argument("--png", type=Path, required=True)
+    p.add_argument("--svg", type=Path, default=None)
+    p.add_argument("--pdf", type=Path, default=None)
+    _add_job_arguments(p)
+    p.set_defaults(func=cmd_projection_figure)
+
     p = sub.add_parser("table", help="merge tidy metric tables into one")
     p.add_argument("inputs", nargs="+", type=Path)
     p.add_argument("--out", type=Path, required=True)
@@ -362,13 +479,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_table)
 
     p = sub.add_parser("figure", help="draw a figure from a tidy table")
-    p.add_argument("kind", choices=["singular-value-cdf", "by-layer"])
-    p.add_argument("--table", type=Path, required=True)
+    p.add_argument("kind", choices=["singular-value-cdf", "by-layer", "geometry-panels", "oversmoothing",
+                                    "sts-scores", "sts-geometry", "sts-table", "finetune-scores",
+                                    "finetune-isotropy", "checkpoints"],
+                   help="metrics table: singular-value-cdf, by-layer, geometry-panels, oversmoothing, checkpoints; "
+                        "STS scores: sts-scores, sts-table; STS geometry: sts-geometry; fine-tuning results: "
+                        "finetune-scores, finetune-isotropy (with --geometry)")
+    p.add_argument("--table", type=Path, required=True, help="the tidy table (.parquet or .tsv)")
+    p.add_argument("--geometry", type=Path, default=None, help="finetune-isotropy: the fine-tuning geometry table")
     p.add_argument("--metric", default=None)
     p.add_argument("--variant", default="uncentred")
-    p.add_argument("--model-label", default=None)
+    p.add_argument("--pooling", default="mean_last", help="sts-scores, sts-geometry: the pooling drawn")
+    p.add_argument("--model", default=None, help="sts-table: the model drawn (needed when the table holds several)")
+    p.add_argument("--model-label", default=None, help="display name of the table's (single) model")
+    p.add_argument("--model-labels", type=_json, default=None, help='{"<model key>": "<display name>", ...}')
     p.add_argument("--png", type=Path, required=True)
     p.add_argument("--svg", type=Path, default=None)
+    p.add_argument("--pdf", type=Path, default=None)
     _add_job_arguments(p)
     p.set_defaults(func=cmd_figure)
 
@@ -438,12 +565,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sync", help="import run records into MLflow (the single writer)")
     p.add_argument("records", nargs="*", type=Path)
-    p.add_argument("--failed-dir", type=Path, default=None, help="also import the failed-job records found here")
+    p.add_argument("--failed-dir", type=Path, default=None, help="also import the failed-job records found here, and KILLED records for the killed "
+                   "jobs whose started markers are in its sibling started/")
     p.add_argument("--tracking-uri", required=True)
     p.add_argument("--experiment", required=True)
     p.add_argument("--artifact-location", default=None)
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_sync)
+
+    p = sub.add_parser("report", help="the study's static HTML report (one offline file, figures embedded)")
+    p.add_argument("--results", type=Path, required=True, help="the study's results folder")
+    p.add_argument("--config", type=Path, nargs="+", required=True, help="the config file(s) of the study")
+    p.add_argument("--out", type=Path, required=True, help="e.g. results/report/index.html")
+    p.add_argument("--runs", type=Path, default=None, help="run records (default: <results>/runs)")
+    p.add_argument("--sync", type=Path, default=None, help="MLflow sync output (default: <results>/mlflow/sync.json)")
+    p.add_argument("--captions", type=Path, default=None, help="figure captions (default: workflow/report)")
+    p.set_defaults(func=cmd_report)
     return parser
 
 
@@ -454,8 +591,9 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("urllib3", "filelock", "httpx", "alembic", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        args.func(args)
-    except (ValueError, RuntimeError, FileNotFoundError, KeyError) as error:
+        with _gpu_lease(args):
+            args.func(args)
+    except (ValueError, RuntimeError, OSError, KeyError, TimeoutError) as error:  # OSError: missing file, full disk
         log.error("%s", error)
         if args.verbose:
             raise

@@ -6,7 +6,7 @@ import re
 from snakemake.exceptions import WorkflowError
 
 from tokenuni.config import ConfigError, data_mirror, enabled_metrics, model_specs, validate_config
-from tokenuni.devices import cuda_device_count
+from tokenuni.gpu_lease import gpu_devices
 from tokenuni.metrics import METRICS
 from tokenuni.sources import SourceError, mirror_files, corpus_uses_mirror, require_sources
 from tokenuni.tracking import resolve_tracking_uri
@@ -50,8 +50,9 @@ BY_LAYER_FIGURES = {
     for row in METRICS[name].produces
     if row not in METRICS[name].vector_rows
 }
-# GPU rules ask for one GPU where there is one, and for none on a CPU-only machine (never deadlock)
-GPUS_PER_JOB = 1 if cuda_device_count() > 0 else 0
+# GPU rules ask for one GPU where there is one, and for none on a CPU-only machine (never deadlock);
+# `--resources gpu=N` only counts: each GPU job leases its device itself (tokenuni.gpu_lease)
+GPUS_PER_JOB = 1 if gpu_devices() else 0
 
 # Rules run `python -m tokenuni ...`: the python of the active environment (venv or the rule's conda
 # env); run from the workflow directory, `-m` also finds this checkout's library.
@@ -149,15 +150,17 @@ def all_sts_files(kind="scores"):
     ]
 
 
-def all_targets():
+def all_targets(report=True):
+    """Every final output of the study; ``report=False``: all but the HTML report (the report's inputs)."""
     targets = [f"{RESULTS}/tables/metrics.parquet", f"{RESULTS}/tables/metrics.tsv", f"{RESULTS}/mlflow/sync.json"]
-    targets += [f"{RESULTS}/figures/{row}_by_layer.png" for row in BY_LAYER_FIGURES]
-    if "spectrum" in METRIC_NAMES:
-        targets += [f"{RESULTS}/figures/{m}/{c}/singular_value_cdf.png" for m in MODELS for c in GEOMETRY_CORPORA]
+    targets += [png for png, _ in FIGURE_RUNS]  # workflow/rules/figures.smk
     if STS:
         targets += [f"{RESULTS}/tables/sts.parquet", f"{RESULTS}/tables/sts_summary.md"]
     if FINETUNE:
         targets += [f"{RESULTS}/tables/finetune.parquet", f"{RESULTS}/tables/finetune_summary.md"]
+    targets += PROJECTION_TARGETS  # workflow/rules/projection.smk
+    if report:
+        targets.append(f"{RESULTS}/report/index.html")
     return targets
 
 
@@ -183,11 +186,8 @@ def all_records():
     if FINETUNE:
         records += [f"{RESULTS}/runs/finetune_table/finetune_table.json"]
     records += [f"{RESULTS}/runs/metrics_table/metrics_table.json"]
-    records += [f"{RESULTS}/runs/figure_by_layer/{row}.json" for row in BY_LAYER_FIGURES]
-    if "spectrum" in METRIC_NAMES:
-        records += [
-            f"{RESULTS}/runs/figure_singular_value_cdf/{m}__{c}.json" for m in MODELS for c in GEOMETRY_CORPORA
-        ]
+    records += [run for _, run in FIGURE_RUNS]  # workflow/rules/figures.smk
+    records += PROJECTION_RECORDS  # workflow/rules/projection.smk
     return records
 
 
