@@ -6,7 +6,6 @@ Counting the GPUs without initialising CUDA (for the Snakefile and the GPU lease
 from __future__ import annotations
 
 
-
 def select_device(requested: str = "auto"):
     """``auto`` -> ``cuda`` when available, else ``cpu``; an explicit ``cuda`` without CUDA is an error."""
     import torch
