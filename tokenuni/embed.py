@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata as importlib_metadata
 from typing import TYPE_CHECKING, Iterator
 
@@ -266,22 +267,33 @@ def embed_corpus(corpus_path, model_spec: dict, out_path, *, corpus_name: str = 
     started = time.perf_counter()
     batches = forward_hidden_states(tokenizer, model, input_ids, int(model_spec.get("batch_size", 32)), torch_device,
                                     progress=progress, desc=f"embed {model_spec['id']}", model_id=model_spec["id"])
+    def write_chunk(writer, chunk, layers) -> None:
+        # index columns, in the same row order as h[mask] (row-major over batch, then position)
+        ids = [np.asarray(input_ids[i], dtype=np.int64) for i in chunk]
+        index = {
+            "sentence_id": np.concatenate([np.full(len(t), sentence_ids[i]) for t, i in zip(ids, chunk)]),
+            "position": np.concatenate([np.arange(len(t), dtype=np.int32) for t in ids]),
+            "token_id": np.concatenate(ids).astype(np.int32),
+            "token": tokenizer.convert_ids_to_tokens(np.concatenate(ids).tolist()),
+            "special": np.concatenate([np.asarray(special_masks[i], dtype=bool) for i in chunk]),
+            "frequency": frequency[np.concatenate(ids)],
+        }
+        writer.write(index, layers)
+
+    # One writer thread overlaps the Arrow writing of batch k with the forward pass of batch k + 1; at most
+    # one write is in flight (bounded memory), its error surfaces at the next batch, and the pool is
+    # drained before the DumpWriter closes or aborts (the `with` exits run in reverse order).
     with DumpWriter(out_path, n_layers=n_layers, hidden_size=hidden_size, dtype=dtype, metadata=metadata) as writer, \
-            torch.inference_mode():
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="dump-writer") as pool, torch.inference_mode():
+        pending = None
         for chunk, hidden, attention_mask in batches:
             mask = attention_mask.bool()
             layers = [h[mask].float().cpu().numpy() for h in hidden]
-            # index columns, in the same row order as h[mask] (row-major over batch, then position)
-            ids = [np.asarray(input_ids[i], dtype=np.int64) for i in chunk]
-            index = {
-                "sentence_id": np.concatenate([np.full(len(t), sentence_ids[i]) for t, i in zip(ids, chunk)]),
-                "position": np.concatenate([np.arange(len(t), dtype=np.int32) for t in ids]),
-                "token_id": np.concatenate(ids).astype(np.int32),
-                "token": tokenizer.convert_ids_to_tokens(np.concatenate(ids).tolist()),
-                "special": np.concatenate([np.asarray(special_masks[i], dtype=bool) for i in chunk]),
-                "frequency": frequency[np.concatenate(ids)],
-            }
-            writer.write(index, layers)
+            if pending is not None:
+                pending.result()
+            pending = pool.submit(write_chunk, writer, chunk, layers)
+        if pending is not None:
+            pending.result()
     seconds = time.perf_counter() - started
     summary = {
         "sentences": len(texts), "tokens": int(sum(lengths)), "truncated_sentences": truncated,

@@ -3,8 +3,10 @@
 The budget (``--budget-gib``, default 1.5 GiB) sets the dump sizes: the
 real MiniLM dump of ``--sentences`` WikiText-2 sentences is repeated (the corpus repeated: sentence ids
 shifted per copy, frequencies multiplied, metadata updated) until it is ``m`` × the budget for m = 1, 2, 4.
-Each job runs in a child process; its peak RSS comes from ``wait4`` (``ru_maxrss``, file pages of the
-memory-mapped dump included) and, sampled from ``/proc/<pid>/status`` every 20 ms, its peak anonymous
+Each job runs in a child process; its peak RSS is the kernel's high-water mark ``VmHWM`` of the job's
+own address space (read from ``/proc/<pid>/status`` every 20 ms; it is monotonic, so the last reading
+is the peak; file pages of the memory-mapped dump included; not ``wait4``'s ``ru_maxrss``, which
+starts at the RSS of the forking parent — the model of an earlier benchmark under ``run_all``) and, sampled from ``/proc/<pid>/status`` every 20 ms, its peak anonymous
 memory (``RssAnon``: what the job itself allocates) and peak mapped-file memory (``RssFile``).
 Target: peak RSS < 1.5 GiB (``--rss-target-gib``) at every size and flat (4× ÷ 1× ≤ 1.1).
 
@@ -64,7 +66,7 @@ def _status(pid: int) -> dict[str, int]:
         with open(f"/proc/{pid}/status") as handle:
             for line in handle:
                 key, _, rest = line.partition(":")
-                if key in ("VmRSS", "RssAnon", "RssFile", "RssShmem"):
+                if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem"):
                     values[key] = int(rest.split()[0]) * 1024
     except (FileNotFoundError, ProcessLookupError):
         pass
@@ -72,10 +74,10 @@ def _status(pid: int) -> dict[str, int]:
 
 
 def run_job(command: list[str]) -> dict:
-    """Run ``command``; its wall time, peak RSS (wait4), and sampled peaks of RssAnon / RssFile."""
+    """Run ``command``; its wall time, peak RSS (VmHWM), and sampled peaks of RssAnon / RssFile."""
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    peaks = {"RssAnon": 0, "RssFile": 0}
+    peaks = {"VmHWM": 0, "RssAnon": 0, "RssFile": 0}
     done = threading.Event()
 
     def sample():
@@ -94,7 +96,7 @@ def run_job(command: list[str]) -> dict:
     stderr = process.stderr.read().decode(errors="replace")
     if process.returncode:
         raise RuntimeError(f"{' '.join(command)} failed ({process.returncode}):\n{stderr[-2000:]}")
-    return {"seconds": time.perf_counter() - started, "max_rss": usage.ru_maxrss * 1024,
+    return {"seconds": time.perf_counter() - started, "max_rss": peaks["VmHWM"] or usage.ru_maxrss * 1024,
             "anon": peaks["RssAnon"], "file": peaks["RssFile"]}
 
 
