@@ -1,6 +1,7 @@
 # Helpers shared by the rules: config validation, paths, target lists. No heavy imports here:
 # every job re-reads this file.
 import json
+import os
 import re
 
 from snakemake.exceptions import WorkflowError
@@ -18,7 +19,9 @@ except ConfigError as error:
 
 RESULTS = config["results"]
 RESOURCES = config["resources"]
-MIRROR = data_mirror(config)
+# absolute and canonical: `../shared/data` and `$TOKENUNI_DATA=/abs/shared/data` are the same mirror (same
+# params, no rerun); relative paths are relative to the working directory (--directory)
+MIRROR = os.path.realpath(data_mirror(config)) if data_mirror(config) else None
 MODEL_SPECS = model_specs(config)  # checkpoints expanded: "<key>@step<step>"
 MODELS = list(MODEL_SPECS)
 CORPORA = list(config["corpora"])
