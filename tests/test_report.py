@@ -22,13 +22,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import CHROMIUM, CHROMIUM_ARGS, REPO
 from tokenuni.cli import main as tokenuni
 from tokenuni.report import build_report, headline_table
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SECTIONS = ["Study", "Geometry", "Unsupervised STS", "Fine-tuning", "Config", "MLflow runs"]
 
 
