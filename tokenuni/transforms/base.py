@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tokenuni.errors import TokenuniError
 from tokenuni.store import atomic_path
 
 FORMAT = "tokenuni.transform"
@@ -42,7 +43,7 @@ FORMAT_VERSION = 1
 _META_KEY = "__meta__"
 
 
-class TransformError(ValueError):
+class TransformError(TokenuniError, ValueError):
     """A transform used out of order, on the wrong shape, or a file that is not a saved transform."""
 
 
