@@ -24,7 +24,8 @@ import pytest
 from tokenuni.config import ConfigError, validate_config
 from tokenuni.corpora import CorpusError, corpus_metadata, examples_to_table, import_corpus, Example, write_corpus
 from tokenuni.sources import SourceError, check_sources
-from tokenuni.store import INDEX_FIELDS, DiskFullError, DumpError, DumpWriter, dump_schema, open_dump
+from tokenuni.files import DiskFullError
+from tokenuni.store import INDEX_FIELDS, DumpError, DumpWriter, dump_schema, open_dump
 
 from test_config import default_config
 from test_store import index_for, write_dump

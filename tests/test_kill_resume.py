@@ -31,7 +31,7 @@ import pytest
 from conftest import REPO
 from test_workflow import BIN, mlflow_runs, output, planned_jobs, snakemake, write_config
 from tokenuni.config import load_config
-from tokenuni.store import process_alive
+from tokenuni.files import process_alive
 
 PAUSE_AFTER = 4  # runs the sync imports before the test hook pauses it
 

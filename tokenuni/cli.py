@@ -312,8 +312,8 @@ def cmd_finetune(args) -> None:
     import json as json_module
 
     from tokenuni.devices import select_device
+    from tokenuni.files import atomic_path
     from tokenuni.finetune.job import run_finetune
-    from tokenuni.store import atomic_path
     from tokenuni.tables import write_table
 
     _set_threads(args.threads)
@@ -349,8 +349,8 @@ def cmd_finetune_table(args) -> None:
 
     import pandas as pd
 
+    from tokenuni.files import atomic_path
     from tokenuni.finetune.job import summary_table
-    from tokenuni.store import atomic_path
     from tokenuni.tables import write_table
     from tokenuni.tables import to_markdown
 
@@ -383,7 +383,7 @@ def cmd_finetune_table(args) -> None:
 
 
 def cmd_sync(args) -> None:
-    from tokenuni.store import atomic_path
+    from tokenuni.files import atomic_path
     from tokenuni.tracking import failed_records, sync_records
 
     records = list(args.records)

@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tokenuni.errors import TokenuniError
-from tokenuni.store import atomic_path, disk_full
+from tokenuni.files import atomic_path, disk_full
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from importlib import metadata as importlib_metadata
 from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
@@ -19,6 +18,7 @@ import numpy as np
 from tokenuni.corpora import read_corpus
 from tokenuni.devices import select_device
 from tokenuni.errors import TokenuniError
+from tokenuni.files import library_versions
 from tokenuni.sources import ModelSource, SourceError, how_to_provide, require_safe_weights, resolve_model
 from tokenuni.store import DumpWriter
 
@@ -53,16 +53,6 @@ def check_finite(hidden, attention_mask, model_name: str) -> None:
                 message += ("; the float16 forward pass overflowed (|x| > 65504): set dtype: bfloat16 or "
                             "dtype: float32 for this model")
             raise HiddenStateError(message)
-
-
-def library_versions() -> dict[str, str]:
-    versions = {}
-    for name in ("tokenuni", "torch", "transformers", "pyarrow", "numpy", "datasets", "mlflow"):
-        try:
-            versions[name] = importlib_metadata.version(name)
-        except importlib_metadata.PackageNotFoundError:
-            pass
-    return versions
 
 
 def load_model(spec: dict, device, source: ModelSource | None = None):

@@ -612,7 +612,7 @@ def build_report(results_dir, config, out_html, *, run_records_dir=None, sync_fi
     ``sync_file`` to ``<results>/mlflow/sync.json``, ``captions_dir`` to the checkout's
     ``workflow/report``. Returns ``{"path", "bytes", "figures", "runs", "records", "notes"}``.
     """
-    from tokenuni.store import atomic_path
+    from tokenuni.files import atomic_path
 
     results = Path(results_dir)
     if not results.is_dir():

@@ -42,10 +42,11 @@ import pyarrow as pa
 
 from tokenuni.corpora import CORPUS_SCHEMA, read_corpus
 from tokenuni.devices import select_device
-from tokenuni.embed import effective_max_length, forward_hidden_states, library_versions, load_model, tokenize
+from tokenuni.embed import effective_max_length, forward_hidden_states, load_model, tokenize
 from tokenuni.errors import TokenuniError
+from tokenuni.files import atomic_path, library_versions
 from tokenuni.sources import resolve_model
-from tokenuni.store import LAYER_CONVENTION, META_PREFIX, atomic_path, vectors
+from tokenuni.store import LAYER_CONVENTION, META_PREFIX, vectors
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tokenuni.store import atomic_path
+from tokenuni.files import atomic_path
 
 
 def write_table(table: pd.DataFrame, path: str | Path) -> None:

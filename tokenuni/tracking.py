@@ -136,7 +136,7 @@ def redact(flat: dict) -> dict[str, str]:
 
 
 def package_versions() -> dict[str, str]:
-    from tokenuni.embed import library_versions
+    from tokenuni.files import library_versions
 
     return library_versions()
 
@@ -236,7 +236,7 @@ class JobRun:
         self.record["tags"]["tokenuni.live_run_id"] = run_id
 
     def _write(self, path: Path, extra: dict | None = None) -> None:
-        from tokenuni.store import atomic_path
+        from tokenuni.files import atomic_path
 
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps({**self.record, **(extra or {})}, indent=1, sort_keys=True))
@@ -247,7 +247,7 @@ class JobRun:
         return self.runs_dir / "started" / f"{_job_file(self.job_key)}.{self.record['record_id']}.json"
 
     def _mark_started(self) -> None:
-        from tokenuni.store import process_start
+        from tokenuni.files import process_start
 
         process = {"host": socket.gethostname(), "pid": os.getpid(), "start": process_start(os.getpid())}
         try:
@@ -327,7 +327,7 @@ def _job_file(job_key: str) -> str:
 
 def _attempt_over(marker: dict, later_attempts: dict[str, int]) -> bool:
     """Whether the job attempt of a started marker has ended (see :func:`failed_records`)."""
-    from tokenuni.store import process_alive
+    from tokenuni.files import process_alive
 
     process = marker.get("process") or {}
     if process.get("host") == socket.gethostname() and process.get("pid"):
@@ -349,7 +349,7 @@ def failed_records(failed_dir: str | Path, records: Iterable[str | Path] = ()) -
     started = failed_dir.parent / "started"
     markers = sorted(started.glob("*.json")) if started.is_dir() else []
     if markers:
-        from tokenuni.store import atomic_path
+        from tokenuni.files import atomic_path
 
         finals = [read_record(path) for path in [*map(Path, records), *failed_dir.glob("*.json")] if path.exists()]
         recorded = {record["record_id"] for record in finals}

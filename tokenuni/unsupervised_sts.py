@@ -144,7 +144,7 @@ TITLES = {
 
 def write_summary(scores: pd.DataFrame, geometry: pd.DataFrame | None, markdown_path, html_path) -> dict:
     """Write the papers'-style summary as Markdown and HTML (atomically); returns the tables."""
-    from tokenuni.store import atomic_path
+    from tokenuni.files import atomic_path
     from tokenuni.tables import to_markdown
 
     tables = summary_tables(scores, geometry)

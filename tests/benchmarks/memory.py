@@ -35,7 +35,8 @@ def repeat_dump(source: Path, out: Path, min_bytes: int) -> Path:
     import numpy as np
     import pyarrow as pa
 
-    from tokenuni.store import META_PREFIX, atomic_path, open_dump
+    from tokenuni.files import atomic_path
+    from tokenuni.store import META_PREFIX, open_dump
 
     copies = max(1, -(-min_bytes // source.stat().st_size))
     if out.exists() and out.stat().st_size >= min_bytes:

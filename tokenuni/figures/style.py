@@ -172,10 +172,10 @@ def save_figure(fig, out_png, out_svg=None, out_pdf=None) -> None:
     atomically; then close the figure.
 
     Every file goes to a temporary name in its destination folder and is moved into place with
-    ``os.replace`` (:func:`tokenuni.store.atomic_path`), so a reader (or Snakemake) never sees a
+    ``os.replace`` (:func:`tokenuni.files.atomic_path`), so a reader (or Snakemake) never sees a
     half-written figure. The PNG is exactly the figure size times the dpi (no ``bbox_inches="tight"``).
     """
-    from tokenuni.store import atomic_path
+    from tokenuni.files import atomic_path
 
     try:
         targets = [(Path(out_png), "png")]

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from tokenuni.errors import TokenuniError
-from tokenuni.store import atomic_path
+from tokenuni.files import atomic_path
 
 FORMAT = "tokenuni.transform"
 FORMAT_VERSION = 1
