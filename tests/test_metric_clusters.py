@@ -10,8 +10,9 @@ from sklearn.metrics import adjusted_rand_score, silhouette_score
 from threadpoolctl import threadpool_limits
 
 from tokenuni.metrics import compute_metric
-from tokenuni.metrics.base import TokenBatch, token_hash
-from tokenuni.metrics.clusters import Clusters, kmeans, silhouette_scores
+from tokenuni.metrics.base import TokenBatch
+from tokenuni.metrics.clusters import Clusters, silhouette_scores
+from tokenuni.numerics import kmeans, token_hash
 from tokenuni.store import layer_column, open_dump, vectors
 
 RTOL = 1e-6

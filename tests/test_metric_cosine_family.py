@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from tokenuni.metrics import compute_metric
-from tokenuni.metrics.base import TokenBatch, token_hash
+from tokenuni.metrics.base import TokenBatch
 from tokenuni.metrics.cosine_family import CosineFamily
+from tokenuni.numerics import token_hash
 from tokenuni.store import layer_column, open_dump, vectors
 
 RTOL = 1e-6

@@ -11,8 +11,9 @@ import torch
 from IsoScore import IsoScore as isoscore_package
 
 from tokenuni.metrics import compute_metric
-from tokenuni.metrics.base import TokenBatch, token_hash
+from tokenuni.metrics.base import TokenBatch
 from tokenuni.metrics.isoscore import IsoScoreMetric, isoscore_from_covariance, isoscore_from_variances
+from tokenuni.numerics import token_hash
 from tokenuni.store import layer_column, open_dump, vectors
 
 RTOL = 1e-6

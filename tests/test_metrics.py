@@ -9,7 +9,8 @@ import torch
 
 from tokenuni.metrics import METRICS, compute_metric, make_metric
 from tokenuni.metrics.base import TokenBatch
-from tokenuni.metrics.spectrum import effective_rank, skewness
+from tokenuni.metrics.spectrum import effective_rank
+from tokenuni.numerics import skewness
 from tokenuni.store import layer_column, open_dump, vectors
 
 RTOL = 1e-6

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tokenuni.metrics.spectrum import skewness
+from tokenuni.numerics import skewness
 from tokenuni.transforms import TRANSFORMS, Transform, TransformError, load_transform, make_transform
 from tokenuni.transforms.all_but_the_top import AllButTheTop, default_removed
 from tokenuni.transforms.cluster_removal import ClusterRemoval

@@ -45,6 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from tokenuni.corpora import CorpusError, Example, read_mirror
+from tokenuni.numerics import pearson, spearman
 
 log = logging.getLogger(__name__)
 
@@ -149,17 +150,6 @@ def matthews_corrcoef(predictions, labels) -> float:
     return float(cov_ytyp / math.sqrt(cov_ytyt * cov_ypyp))
 
 
-def _correlation(kind: str, predictions, labels) -> float:
-    import scipy.stats
-
-    x = np.asarray(predictions, dtype=np.float64).reshape(-1)
-    y = np.asarray(labels, dtype=np.float64).reshape(-1)
-    if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0 or not (np.isfinite(x).all() and np.isfinite(y).all()):
-        return math.nan
-    result = scipy.stats.pearsonr(x, y) if kind == "pearson" else scipy.stats.spearmanr(x, y)
-    return float(result[0])
-
-
 def glue_metrics(task: str | dict, predictions, labels) -> dict[str, float]:
     """The metrics of ``task`` (``GLUE_TASKS[task]['metrics']``, each on the 0–1 scale) of predictions vs labels.
 
@@ -174,8 +164,8 @@ def glue_metrics(task: str | dict, predictions, labels) -> dict[str, float]:
         raise ValueError(f"{len(predictions)} predictions for {len(labels)} labels")
     out: dict[str, float] = {}
     if spec["kind"] == "regression":
-        pearson, spearman = _correlation("pearson", predictions, labels), _correlation("spearman", predictions, labels)
-        values = {"pearson": pearson, "spearman": spearman, "pearson_spearman_mean": (pearson + spearman) / 2}
+        r, rho = pearson(predictions, labels), spearman(predictions, labels)
+        values = {"pearson": r, "spearman": rho, "pearson_spearman_mean": (r + rho) / 2}
     else:
         values = {}
         for name in spec["metrics"]:

@@ -9,11 +9,11 @@ coloured by the log frequency of their word type, show where frequent and rare t
 
 * PCA per layer, exact over every token of the layer (special tokens left out unless
   ``special_tokens``): μ = (1/N) Σ x, C = (1/N) Σ (x − μ)(x − μ)ᵀ from the streamed sufficient statistics
-  (:class:`~tokenuni.metrics.base.GramSums`, float64), eigenpairs C v_k = λ_k v_k by ``eigh`` in descending
-  λ; each v_k's sign fixed so that its largest-|loading| coordinate is positive (the first on ties, the
-  convention of :mod:`tokenuni.metrics.word_frequency`). ``explained_variance_ratio_pc<k>`` = λ_k / Σ_j λ_j
+  (:class:`~tokenuni.numerics.MomentSums`, float64), eigenpairs C v_k = λ_k v_k in descending λ by
+  :func:`~tokenuni.numerics.descending_eigh`, each v_k signed so that its largest-|loading| coordinate is
+  positive (the first on ties; the convention of every eigendecomposition in tokenuni). ``explained_variance_ratio_pc<k>`` = λ_k / Σ_j λ_j
   (= λ_k / tr C, over all d components).
-* The projected tokens: a seeded :class:`~tokenuni.metrics.base.ReservoirSample` of ``sample_size`` tokens
+* The projected tokens: a seeded :class:`~tokenuni.numerics.ReservoirSample` of ``sample_size`` tokens
   (bottom-k of a hash of (sentence_id, position)), the same tokens for every layer and the same tokens
   that the ``clusters``, ``lid`` and ``alignment_uniformity`` metrics draw with the same ``seed``,
   ``sample_size`` and ``special_tokens``; ``pc<k>`` = (x − μ) · v_k.
@@ -21,14 +21,14 @@ coloured by the log frequency of their word type, show where frequent and rare t
   counted once by the embed step (:func:`tokenuni.embed.embed_corpus`, special tokens included in the
   count): the frequency notion of :mod:`tokenuni.metrics.word_frequency`, not a pre-training frequency.
 * ``cluster``: k-means labels of the sampled tokens in the layer's full d-dimensional space, by
-  :func:`tokenuni.metrics.clusters.kmeans` (seeded k-means++ / Lloyd, best of ``n_init``), k per layer from
+  :func:`tokenuni.numerics.kmeans` (seeded k-means++ / Lloyd, best of ``n_init``), k per layer from
   ``clusters``: an integer (every layer), a mapping layer → k, or ``None`` (no clustering: ``cluster`` is
   missing). :func:`mms_k_by_layer` reads the k chosen by maximum mean silhouette (``mms_k``) from a
   ``clusters`` metric table; with that metric's ``seed``, ``sample_size``, ``n_init``, ``max_iter``, ``tol``
   the labels are exactly those of its first repeat (the clusterings it scored). k = 1: every label 0.
 
 Layer convention: layer 0 = embedding output (``hidden_states[0]``), layer L = output of block L.
-Memory: one d × d Gram matrix per layer and the sampled vectors (layers × sample_size × d floats).
+Memory: one d × d scatter matrix per layer and the sampled vectors (layers × sample_size × d floats).
 """
 from __future__ import annotations
 
@@ -39,11 +39,12 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
-from tokenuni.store import DumpError, layer_column, open_dump
+from tokenuni.numerics import MomentSums, ReservoirSample, descending_eigh, kmeans
+from tokenuni.store import DumpError, layer_column, open_dump, vector_tensor
 
 log = logging.getLogger(__name__)
 
-#: defaults of :func:`tokenuni.metrics.clusters.kmeans` that the ``clusters`` metric also uses
+#: defaults of :func:`tokenuni.numerics.kmeans` that the ``clusters`` metric also uses
 KMEANS_DEFAULTS = {"n_init": 5, "max_iter": 300, "tol": 1e-4}
 
 
@@ -123,29 +124,24 @@ def _clusters_per_layer(clusters, layers: list[int], path) -> dict[int, int]:
 def _sampled_rows(dump, sample_size: int, seed: int, special_tokens: bool, device):
     """Dump rows of the seeded token sample, in the sample's (sentence_id, position) order.
 
-    The reservoir sees only the token index (vectors of width 0), so the sample costs no vector reads
-    and equals the one a metric with the same seed and size draws from any layer.
+    The reservoir sees only the token index, so the sample costs no vector reads and equals the one a
+    metric with the same seed and size draws from any layer.
     """
     import torch
-
-    from tokenuni.metrics.base import ReservoirSample, TokenBatch
 
     sample = ReservoirSample(sample_size, seed)
     offset = 0
     kept = 0
-    for batch in dump.batches(["sentence_id", "position", "token_id", "special", "frequency"]):
+    for batch in dump.batches(["sentence_id", "position", "special"]):
         n = batch.num_rows
         columns = {name: np.asarray(batch.column(name).to_numpy(zero_copy_only=False)) for name in batch.schema.names}
         keep = np.ones(n, dtype=bool) if special_tokens else ~columns["special"].astype(bool)
         if keep.any():
-            def tensor(values, dtype=np.int64):
-                return torch.from_numpy(np.ascontiguousarray(values[keep], dtype=dtype)).to(device)
+            def tensor(values):
+                return torch.from_numpy(np.ascontiguousarray(values[keep], dtype=np.int64)).to(device)
 
-            tokens = TokenBatch(x=torch.zeros((int(keep.sum()), 0), dtype=torch.float64, device=device),
-                                sentence_id=tensor(columns["sentence_id"]), token_id=tensor(columns["token_id"]),
-                                special=tensor(columns["special"], np.bool_), frequency=tensor(columns["frequency"]),
-                                position=tensor(columns["position"]))
-            sample.update(tokens, row=tensor(np.arange(offset, offset + n)))
+            sample.update(tensor(columns["sentence_id"]), tensor(columns["position"]),
+                          row=tensor(np.arange(offset, offset + n)))
             kept += int(keep.sum())
         offset += n
     rows = sample.rows()
@@ -166,9 +162,6 @@ def token_projection(dump_path, *, layers=None, sample_size: int = 5000, seed: i
     """
     import torch
     from tqdm.auto import tqdm
-
-    from tokenuni.metrics.base import GramSums, as_tensor
-    from tokenuni.metrics.clusters import kmeans
 
     path = Path(dump_path)
     if int(sample_size) < 1:
@@ -197,7 +190,7 @@ def token_projection(dump_path, *, layers=None, sample_size: int = 5000, seed: i
     by_row = np.argsort(rows, kind="stable")
     sorted_rows = rows[by_row]
 
-    grams = {layer: GramSums() for layer in layer_list}
+    moments = {layer: MomentSums(device) for layer in layer_list}
     sampled = {layer: torch.zeros((len(rows), dump.hidden_size), dtype=torch.float64, device=device)
                for layer in layer_list}
     offset = 0
@@ -211,8 +204,8 @@ def token_projection(dump_path, *, layers=None, sample_size: int = 5000, seed: i
         local = torch.from_numpy(sorted_rows[lo:hi] - offset).to(device)
         target = torch.from_numpy(by_row[lo:hi]).to(device)
         for layer in layer_list:
-            x = as_tensor(batch.column(layer_column(layer)), device)
-            grams[layer].update(x if keep is None else x[keep])
+            x = vector_tensor(batch.column(layer_column(layer)), device)
+            moments[layer].update(x if keep is None else x[keep])
             if len(local):
                 sampled[layer][target] = x[local]
         offset += n
@@ -233,15 +226,10 @@ def token_projection(dump_path, *, layers=None, sample_size: int = 5000, seed: i
     })
     frames = []
     for layer in layer_list:
-        gram = grams[layer]
-        mean = gram.total / gram.count
-        covariance = gram.centred_gram() / gram.count
-        eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
-        order = torch.argsort(eigenvalues, descending=True)
-        eigenvalues, eigenvectors = eigenvalues[order], eigenvectors[:, order]
-        top = eigenvectors[:, :int(components)].clone()
-        signs = torch.sign(top.gather(0, top.abs().argmax(dim=0, keepdim=True)))[0]
-        top *= torch.where(signs == 0, torch.ones_like(signs), signs)
+        moment = moments[layer]
+        mean = moment.mean()
+        eigenvalues, eigenvectors = descending_eigh(moment.covariance(ddof=0))
+        top = eigenvectors[:, :int(components)]
         total = float(eigenvalues.clamp_min(0).sum())
         projected = ((sampled[layer] - mean) @ top).cpu().numpy()
         frame = base.copy()
@@ -251,7 +239,7 @@ def token_projection(dump_path, *, layers=None, sample_size: int = 5000, seed: i
         for k in range(int(components)):
             ratio = float(eigenvalues[k]) / total if total > 0 else float("nan")
             frame[f"explained_variance_ratio_pc{k + 1}"] = ratio
-        frame["n_tokens"] = int(gram.count)
+        frame["n_tokens"] = int(moment.count)
         if layer in ks:
             k = min(ks[layer], len(rows))
             if k != ks[layer]:
@@ -270,7 +258,7 @@ def token_projection(dump_path, *, layers=None, sample_size: int = 5000, seed: i
         frame["sample_size"] = int(sample_size)
         frames.append(frame)
         log.info("projection %s/%s layer %d: %d tokens, PC1-%d explain %s of the variance%s", model, corpus, layer,
-                 gram.count, int(components),
+                 moment.count, int(components),
                  ", ".join(f"{100 * frame[f'explained_variance_ratio_pc{k + 1}'].iat[0]:.1f} %"
                            for k in range(int(components))),
                  f", k = {ks[layer]}" if layer in ks else "")

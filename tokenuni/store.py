@@ -209,6 +209,13 @@ def vectors(column: pa.Array) -> np.ndarray:
     return column.flatten().to_numpy(zero_copy_only=False).reshape(-1, d)
 
 
+def vector_tensor(column: pa.Array, device):
+    """A fixed-size-list column as an (n, d) float64 torch tensor on ``device``."""
+    import torch
+
+    return torch.from_numpy(np.array(vectors(column), dtype=np.float64)).to(device)
+
+
 def open_dump(path: str | Path) -> Dump:
     """Memory-map a dump; a file that is not a complete Arrow IPC file raises :class:`DumpError`."""
     path = Path(path)

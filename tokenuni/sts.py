@@ -2,7 +2,8 @@
 
 For each pair (s₁, s₂) of an STS corpus the prediction is cos(v₁, v₂) = v₁·v₂ / (‖v₁‖ ‖v₂‖); the
 score of a set of pairs is the correlation of predictions with gold scores, Spearman's ρ (Pearson's
-r of the average ranks, ties averaged) and Pearson's r, both × 100 — the protocol of SentEval
+r of the average ranks, ties averaged) and Pearson's r, both × 100 (scipy's, via
+:func:`tokenuni.numerics.spearman` / :func:`~tokenuni.numerics.pearson`) — the protocol of SentEval
 (Conneau & Kiela, LREC 2018), SimCSE (Gao et al., EMNLP 2021) and Yan et al. ("Addressing Token
 Uniformity in Transformers via Singular Value Transformation", UAI 2022).
 
@@ -27,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from tokenuni.errors import TokenuniError
+from tokenuni.numerics import pearson, spearman
 
 log = logging.getLogger(__name__)
 
@@ -125,36 +127,6 @@ def pair_cosines(table, vectors: np.ndarray, *, device: str = "cpu") -> pd.DataF
         raise STSError("pair_cosines: the two sides of a pair carry different scores")
     return pd.DataFrame({"pair_id": pair_ids.astype(np.int64), "subset": sides[0].loc[pair_ids, "subset"].to_numpy(),
                          "score": score0, "cosine": cosine})
-
-
-def average_ranks(values: np.ndarray) -> np.ndarray:
-    """Ranks 1..n, ties given the mean of the ranks they span (scipy.stats.rankdata's 'average')."""
-    values = np.asarray(values, dtype=np.float64)
-    order = np.argsort(values, kind="mergesort")
-    ordered = values[order]
-    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
-    ends = np.r_[starts[1:], len(values)]
-    group = np.repeat(np.arange(len(starts)), ends - starts)
-    ranks = np.empty(len(values), dtype=np.float64)
-    ranks[order] = ((starts + ends + 1) / 2.0)[group]
-    return ranks
-
-
-def pearson(x: np.ndarray, y: np.ndarray) -> float:
-    """Pearson's r = Σ(x−x̄)(y−ȳ) / √(Σ(x−x̄)² Σ(y−ȳ)²); NaN for fewer than 2 points or a constant input."""
-    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    if len(x) < 2:
-        return math.nan
-    xc, yc = x - x.mean(), y - y.mean()
-    denominator = math.sqrt(float(xc @ xc) * float(yc @ yc))
-    if denominator == 0.0:
-        return math.nan
-    return float(np.clip(float(xc @ yc) / denominator, -1.0, 1.0))
-
-
-def spearman(x: np.ndarray, y: np.ndarray) -> float:
-    """Spearman's ρ = Pearson's r of the average ranks (ties averaged)."""
-    return pearson(average_ranks(x), average_ranks(y))
 
 
 def sts_correlations(pairs: pd.DataFrame, dataset: str) -> pd.DataFrame:

@@ -31,7 +31,8 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
-from tokenuni.metrics.isoscore import isoscore_from_covariance_torch, sample_covariance
+from tokenuni.metrics.isoscore import isoscore_from_covariance_torch
+from tokenuni.numerics import MomentSums, sample_covariance
 
 log = logging.getLogger(__name__)
 
@@ -98,10 +99,11 @@ class IStar(torch.nn.Module):
 
         ``sample_hidden()`` yields ``(hidden_states, attention_mask)`` batches; per batch, the same first
         k real tokens are taken from every chosen layer (k limited by the remaining quota), and the
-        iteration stops as soon as the cap is reached. Streams G = Σ xxᵀ and Σ x in float64 (no token
-        matrix is kept). Returns the number of points used.
+        iteration stops as soon as the cap is reached. Streams N, the mean and the centred scatter in
+        float64 (:class:`tokenuni.numerics.MomentSums`; no token matrix is kept). Returns the number of
+        points used.
         """
-        gram = total = None
+        moments = MomentSums()
         count = 0
         n_layers = len(self.layers)
         for hidden_states, attention_mask in sample_hidden():
@@ -110,18 +112,13 @@ class IStar(torch.nn.Module):
             if take <= 0:
                 break
             points = torch.cat([x[:take] for x in per_layer]).double()
-            if gram is None:
-                gram = points.new_zeros((points.shape[1], points.shape[1]))
-                total = points.new_zeros(points.shape[1])
-            gram += points.T @ points
-            total += points.sum(dim=0)
+            moments.update(points)
             count += len(points)
             if count + n_layers > self.c0_tokens:
                 break
         if count < 2:
             raise ValueError(f"istar: sample_hidden() gave {count} token states; C0 needs at least 2")
-        mean = total / count
-        self.c0 = (gram - count * torch.outer(mean, mean)) / (count - 1)
+        self.c0 = moments.covariance(ddof=1)
         self.c0_count = count
         log.info("I-STAR: rebuilt C0 from %d token states of layers %s", count, self.layers)
         return count

@@ -11,7 +11,7 @@ from dataclasses import replace
 import pandas as pd
 
 from tokenuni.metrics.alignment_uniformity import AlignmentUniformity
-from tokenuni.metrics.base import Metric, MetricValue, TokenBatch, as_tensor
+from tokenuni.metrics.base import Metric, MetricValue, TokenBatch
 from tokenuni.metrics.clusters import Clusters
 from tokenuni.metrics.cosine_family import CosineFamily
 from tokenuni.metrics.isoscore import IsoScoreMetric
@@ -60,7 +60,7 @@ def compute_metric(dump_path, name: str | type[Metric], options: dict, *, model:
     """Stream the dump (once per pass the metric needs) and return its tidy table for every layer."""
     from tqdm.auto import tqdm
 
-    from tokenuni.store import layer_column, open_dump
+    from tokenuni.store import layer_column, open_dump, vector_tensor
 
     dump = open_dump(dump_path)
     layers = list(range(dump.n_layers))
@@ -77,7 +77,7 @@ def compute_metric(dump_path, name: str | type[Metric], options: dict, *, model:
             tokens = TokenBatch.from_record_batch(batch, torch_device, vector_column=layer_column(0))
             for layer in layers:
                 if layer:
-                    tokens = replace(tokens, x=as_tensor(batch.column(layer_column(layer)), torch_device))
+                    tokens = replace(tokens, x=vector_tensor(batch.column(layer_column(layer)), torch_device))
                 accumulators[layer].update(tokens)
     step = dump.metadata.get("training_step") or None
     rows = []

@@ -10,7 +10,7 @@ uniform on the sphere S^{d−1}, ‖u − v‖² → 2 as d grows, so the value 
 Their code (``torch.pdist(x).pow(2).mul(-t).exp().mean().log()``) averages over pairs i < j, the same
 mean as over ordered pairs i ≠ j.
 
-Protocol: a seeded :class:`ReservoirSample` of ``sample_size`` tokens (the same tokens in every
+Protocol: a seeded :class:`~tokenuni.numerics.ReservoirSample` of ``sample_size`` tokens (the same tokens in every
 layer; zero vectors, which have no direction, are dropped). With ‖x̂_i − x̂_j‖² = 2 − 2 x̂_i·x̂_j
 (clamped at 0), the sum over pairs is accumulated in row chunks as a running log-sum-exp (shifted by
 the running maximum), so nothing overflows or underflows whatever t; no m × m matrix is held.
@@ -32,7 +32,7 @@ import math
 
 import numpy as np
 
-from tokenuni.metrics.base import Metric, MetricValue, ReservoirSample, TokenBatch, unit_rows
+from tokenuni.metrics.base import MetricValue, SampledMetric, unit_rows
 
 
 def bootstrap_weights(m: int, resamples: int, seed: int) -> np.ndarray:
@@ -74,24 +74,18 @@ def uniformity(unit, t: float = 2.0, weights=None, chunk_size: int = 512):
     return value, (shift + torch.log(weighted) - torch.log(pairs)).cpu().numpy()
 
 
-class AlignmentUniformity(Metric):
+class AlignmentUniformity(SampledMetric):
     name = "alignment_uniformity"
     produces = ("wang_isola_uniformity",)
 
     def __init__(self, device="cpu", t: float = 2.0, sample_size: int = 5000, seed: int = 0, bootstrap: int = 100,
                  chunk_size: int = 512, **options):
-        super().__init__(device, **options)
+        super().__init__(device, sample_size=sample_size, seed=seed, **options)
         if float(t) < 0:
             raise ValueError("alignment_uniformity: t must be >= 0")
         self.t = float(t)
-        self.sample_size = int(sample_size)
-        self.seed = int(seed)
         self.bootstrap = int(bootstrap)
         self.chunk_size = int(chunk_size)
-        self.sample = ReservoirSample(self.sample_size, self.seed)
-
-    def _update(self, batch: TokenBatch) -> None:
-        self.sample.update(batch)
 
     def compute(self) -> list[MetricValue]:
         import torch

@@ -10,13 +10,13 @@ Every metric follows the same protocol::
             metric.update(batch)      # (or a TokenBatch already on the device)
     rows = metric.compute()           # list[MetricValue]
 
-Sampled metrics draw their sample with :class:`ReservoirSample`: a token is kept when its seeded hash
-of (sentence_id, position) is among the smallest, so the sample is the same whatever the batching,
-the same tokens for every layer, and reproducible from the seed.
+Sampled metrics (:class:`SampledMetric`) draw their sample with :class:`tokenuni.numerics.ReservoirSample`:
+a token is kept when its seeded hash of (sentence_id, position) is among the smallest, so the sample is the
+same whatever the batching, the same tokens for every layer, and reproducible from the seed.
 
 Accumulation is in float64 on the metric's device (CUDA when present), so the CPU and GPU paths
-agree to float tolerance. Exact metrics keep sufficient statistics only (sums, Gram matrices);
-memory does not grow with the number of tokens.
+agree to float tolerance. Exact metrics keep sufficient statistics only (sums; second moments in the
+one accumulator :class:`tokenuni.numerics.MomentSums`); memory does not grow with the number of tokens.
 """
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from tokenuni.store import vectors
+from tokenuni.numerics import ReservoirSample
+from tokenuni.store import vector_tensor
 
 
 @dataclass
@@ -63,7 +64,7 @@ class TokenBatch:
             return torch.from_numpy(np.array(batch.column(name).to_numpy(zero_copy_only=False), dtype=dtype)).to(device)
 
         return cls(
-            x=as_tensor(batch.column(vector_column), device),
+            x=vector_tensor(batch.column(vector_column), device),
             sentence_id=column("sentence_id", np.int64),
             token_id=column("token_id", np.int64),
             special=column("special", np.bool_),
@@ -173,111 +174,27 @@ def _nbytes(obj, seen: set) -> int:
     return 0
 
 
-_MASK64 = (1 << 64) - 1
+class SampledMetric(Metric):
+    """A metric computed on a seeded :class:`~tokenuni.numerics.ReservoirSample` of ``sample_size`` of the layer's
+    tokens, keyed by (sentence_id, position): the same tokens for every layer and whatever the batching.
 
-
-def token_hash(seed: int, sentence_id, position):
-    """A seeded 64-bit hash (splitmix64) of (sentence_id, position), as int64 tensors; order-free."""
-    import torch
-
-    def mix(z):
-        z = z.to(torch.int64)
-        z = (z ^ ((z >> 30) & 0x3FFFFFFFF)) * _signed(0xBF58476D1CE4E5B9)
-        z = (z ^ ((z >> 27) & 0x1FFFFFFFFF)) * _signed(0x94D049BB133111EB)
-        return z ^ ((z >> 31) & 0x1FFFFFFFF)
-
-    key = sentence_id.to(torch.int64) * 1_000_003 + position.to(torch.int64)
-    return mix(key + _signed((int(seed) * 0x9E3779B97F4A7C15) & _MASK64))
-
-
-def _signed(value: int) -> int:
-    value &= _MASK64
-    return value - (1 << 64) if value >= 1 << 63 else value
-
-
-class ReservoirSample:
-    """A seeded, batching-independent sample of at most ``size`` tokens of a stream.
-
-    Keeps the tokens whose :func:`token_hash` is smallest (bottom-k sampling), so every layer of a
-    dump samples the same tokens and the result does not depend on batch boundaries. Memory is at
-    most 2 × size rows. :meth:`rows` returns the kept rows in (sentence_id, position) order.
+    Subclasses read ``self.sample.rows()`` (``x``, ``sentence_id``, ``position``, ``token_id``, ``frequency``)
+    in :meth:`compute`; ``sample_size`` and ``seed`` are recorded on their rows.
     """
 
-    def __init__(self, size: int, seed: int = 0):
-        self.size = int(size)
+    def __init__(self, device="cpu", sample_size: int = 5000, seed: int = 0, **options):
+        super().__init__(device, **options)
+        self.sample_size = int(sample_size)
         self.seed = int(seed)
-        self.keys = None
-        self.columns: dict = {}
-        self.seen = 0
+        self.sample = ReservoirSample(self.sample_size, self.seed)
 
-    def update(self, batch: TokenBatch, **extra) -> None:
-        """Offer the tokens of ``batch`` (``extra``: further per-token tensors to keep alongside)."""
-        import torch
+    def _update(self, batch: TokenBatch) -> None:
+        self.offer(batch)
 
-        position = batch.positions()
-        columns = {"x": batch.x, "sentence_id": batch.sentence_id, "position": position,
-                   "token_id": batch.token_id, "frequency": batch.frequency, **extra}
-        keys = token_hash(self.seed, batch.sentence_id, position)
-        self.seen += len(keys)
-        if self.keys is None:
-            self.keys, self.columns = keys, dict(columns)
-        else:
-            self.keys = torch.cat([self.keys, keys])
-            self.columns = {k: torch.cat([v, columns[k]]) for k, v in self.columns.items()}
-        if len(self.keys) > 2 * self.size:
-            self._shrink()
-
-    def _shrink(self) -> None:
-        import torch
-
-        if len(self.keys) <= self.size:
-            return
-        keep = torch.topk(self.keys, self.size, largest=False).indices
-        self.keys = self.keys[keep]
-        self.columns = {k: v[keep] for k, v in self.columns.items()}
-
-    def rows(self) -> dict:
-        """The sample as a dict of tensors (``x``, ``sentence_id``, ``position``, ``token_id``, ...)."""
-        import torch
-
-        if self.keys is None:
-            return {}
-        self._shrink()
-        order = torch.argsort(self.columns["sentence_id"] * 1_000_003 + self.columns["position"])
-        return {k: v[order] for k, v in self.columns.items()}
-
-    def __len__(self) -> int:
-        return 0 if self.keys is None else min(len(self.keys), self.size)
-
-
-class GramSums:
-    """G = Σ x xᵀ, s = Σ x and N over a stream (float64, on the vectors' device): the exact sufficient
-    statistics of the uncentred (G) and centred (G − s sᵀ / N) second moments of a layer."""
-
-    def __init__(self):
-        self.gram = None
-        self.total = None
-        self.count = 0
-
-    def update(self, x) -> None:
-        if self.gram is None:
-            d = x.shape[1]
-            self.gram = x.new_zeros((d, d))
-            self.total = x.new_zeros(d)
-        self.gram += x.T @ x
-        self.total += x.sum(dim=0)
-        self.count += len(x)
-
-    def centred_gram(self):
-        """Σ (x − μ)(x − μ)ᵀ = G − s sᵀ / N."""
-        return self.gram - self.total.outer(self.total) / self.count
-
-
-def as_tensor(column: pa.Array, device):
-    """A fixed-size-list Arrow column as an (n, d) float64 tensor on ``device``."""
-    import torch
-
-    return torch.from_numpy(np.array(vectors(column), dtype=np.float64)).to(device)
+    def offer(self, batch: TokenBatch) -> None:
+        """Offer the tokens of ``batch`` to the sample."""
+        self.sample.update(batch.sentence_id, batch.positions(), x=batch.x, token_id=batch.token_id,
+                           frequency=batch.frequency)
 
 
 def unit_rows(x):

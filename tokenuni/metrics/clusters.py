@@ -4,13 +4,14 @@ Cai, Huang, Bian, Church, "Isotropy in the Contextual Embedding Space: Clusters 
 ICLR 2021 (§3.2 and §4): the token space of a layer falls into a few isolated clusters; once each
 cluster is shifted to its own mean, the space is nearly isotropic within the clusters.
 
-On a seeded :class:`~tokenuni.metrics.base.ReservoirSample` of ``sample_size`` tokens (the same
+On a seeded :class:`~tokenuni.numerics.ReservoirSample` of ``sample_size`` tokens (the same
 tokens for every layer and whatever the batching), for every k in ``k_min … k_max``:
 
-* k-means (Lloyd; greedy k-means++ initialisation with 2 + ⌊ln k⌋ local trials, as scikit-learn;
-  ``n_init`` seeded restarts, the lowest inertia Σ_i ‖x_i − c_{l(i)}‖² kept; iterations until the labels
-  stop changing or the centres move by ≤ ``tol`` × mean per-dimension variance; an emptied cluster
-  is re-seeded with the point farthest from its centre) in float64 torch on the metric's device.
+* k-means (:func:`tokenuni.numerics.kmeans`: Lloyd; greedy k-means++ initialisation with 2 + ⌊ln k⌋
+  local trials, as scikit-learn; ``n_init`` seeded restarts, the lowest inertia Σ_i ‖x_i − c_{l(i)}‖²
+  kept; iterations until the labels stop changing or the centres move by ≤ ``tol`` × mean
+  per-dimension variance; an emptied cluster is re-seeded with the point farthest from its centre)
+  in float64 torch on the metric's device.
   Row ``kmeans_inertia`` (component = k).
 * the mean silhouette (Rousseeuw 1987) of that clustering, s(i) = (b_i − a_i) / max(a_i, b_i) with
   a_i the mean Euclidean distance from i to the other members of its cluster, b_i the smallest
@@ -60,106 +61,13 @@ type), here exact expectations over all instances in the sample.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from tokenuni.metrics.base import Metric, MetricValue, ReservoirSample, TokenBatch, unit_rows
+from tokenuni.metrics.base import MetricValue, SampledMetric, unit_rows
+from tokenuni.numerics import kmeans, seeded_generator
 
 #: elements of one chunk of the pairwise distance matrix (8 Mi float64 = 64 MiB)
 _DISTANCE_CHUNK_ELEMENTS = 1 << 23
-
-
-def seeded_generator(*key: int):
-    """A CPU torch generator seeded from integers (np.random.SeedSequence), the same on every device."""
-    import torch
-
-    state = np.random.SeedSequence([int(k) for k in key]).generate_state(2, dtype=np.uint64)
-    return torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
-
-
-def squared_distances(x, centers, x_sq=None):
-    """‖x_i − c_j‖² (n × k), clamped at 0."""
-    if x_sq is None:
-        x_sq = (x * x).sum(dim=1)
-    return (x_sq[:, None] - 2.0 * (x @ centers.T) + (centers * centers).sum(dim=1)[None, :]).clamp_min_(0.0)
-
-
-def kmeans_plusplus(x, k: int, generator, x_sq=None):
-    """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007; 2 + ⌊ln k⌋ trials per centre, as scikit-learn)."""
-    import torch
-
-    n = x.shape[0]
-    if x_sq is None:
-        x_sq = (x * x).sum(dim=1)
-    trials = 2 + int(math.log(k))
-    first = int(torch.randint(n, (1,), generator=generator))
-    chosen = [first]
-    closest = squared_distances(x, x[first:first + 1], x_sq)[:, 0]
-    potential = closest.sum()
-    for _ in range(1, k):
-        draws = torch.rand(trials, generator=generator, dtype=torch.float64).to(x.device) * potential
-        candidates = torch.searchsorted(torch.cumsum(closest, 0), draws).clamp_(max=n - 1)
-        to_candidates = torch.minimum(closest[:, None], squared_distances(x, x[candidates], x_sq))
-        potentials = to_candidates.sum(dim=0)
-        best = int(torch.argmin(potentials))
-        chosen.append(int(candidates[best]))
-        closest, potential = to_candidates[:, best], potentials[best]
-    return x[chosen].clone()
-
-
-def _lloyd(x, centers, x_sq, max_iter: int, tol: float):
-    import torch
-
-    k = centers.shape[0]
-    labels = None
-    for _ in range(max_iter):
-        distances = squared_distances(x, centers, x_sq)
-        new_labels = torch.argmin(distances, dim=1)
-        counts = torch.bincount(new_labels, minlength=k)
-        empty = torch.nonzero(counts == 0).flatten()
-        if len(empty):  # re-seed emptied clusters with the points farthest from their centres
-            own = distances.gather(1, new_labels[:, None])[:, 0]
-            far = torch.topk(own, min(len(empty), x.shape[0])).indices
-            new_labels = new_labels.clone()
-            new_labels[far] = empty[:len(far)]
-            counts = torch.bincount(new_labels, minlength=k)
-        sums = torch.zeros_like(centers).index_add_(0, new_labels, x)
-        new_centers = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None].to(x.dtype), centers)
-        shift = float(((new_centers - centers) ** 2).sum())
-        centers = new_centers
-        converged = labels is not None and bool(torch.equal(labels, new_labels))
-        labels = new_labels
-        if converged or shift <= tol:
-            break
-    distances = squared_distances(x, centers, x_sq)
-    labels = torch.argmin(distances, dim=1)
-    inertia = float(distances.gather(1, labels[:, None]).sum())
-    return labels, centers, inertia
-
-
-def kmeans(x, k: int, *, n_init: int = 5, seed: int = 0, max_iter: int = 300, tol: float = 1e-4, key=()):
-    """Best of ``n_init`` seeded k-means++ / Lloyd runs: (labels, centres, inertia), float64 on x's device.
-
-    ``tol`` is relative to the mean per-dimension variance of x (scikit-learn's convention); the
-    restarts draw from generators seeded by (seed, *key, k, restart).
-    """
-    import torch
-
-    x = x.to(dtype=torch.float64)
-    mean = x.mean(dim=0)
-    centred = x - mean  # distances do not change; rounding does (as scikit-learn)
-    x_sq = (centred * centred).sum(dim=1)
-    absolute_tol = tol * float(centred.var(dim=0, unbiased=False).mean()) if len(x) > 1 else 0.0
-    best = None
-    for restart in range(max(int(n_init), 1)):
-        generator = seeded_generator(seed, *key, k, restart)
-        centers = kmeans_plusplus(centred, k, generator, x_sq)
-        labels, centers, inertia = _lloyd(centred, centers, x_sq, max_iter, absolute_tol)
-        if best is None or inertia < best[2]:
-            best = (labels, centers, inertia)
-    labels, centers, inertia = best
-    return labels, centers + mean, inertia
 
 
 def silhouette_scores(x, labelings, chunk_elements: int = _DISTANCE_CHUNK_ELEMENTS) -> list[float | None]:
@@ -265,7 +173,7 @@ def within_cluster_cosines(x, labels, token_id, centred: bool) -> dict[str, floa
     return out
 
 
-class Clusters(Metric):
+class Clusters(SampledMetric):
     name = "clusters"
     produces = ("kmeans_inertia", "silhouette", "mms_k", "mms_silhouette", "within_cluster_avg_cosine",
                 "within_cluster_s_intra", "within_cluster_s_inter")
@@ -274,7 +182,7 @@ class Clusters(Metric):
     def __init__(self, device="cpu", sample_size: int = 5000, seed: int = 0, k_min: int = 2, k_max: int = 10,
                  n_init: int = 5, max_iter: int = 300, tol: float = 1e-4, silhouette_sample_size: int | None = None,
                  min_silhouette: float = 0.1, repeats: int = 3, **options):
-        super().__init__(device, **options)
+        super().__init__(device, sample_size=sample_size, seed=seed, **options)
         if int(sample_size) < 2:
             raise ValueError("sample_size must be at least 2")
         if not 2 <= int(k_min) <= int(k_max):
@@ -283,17 +191,11 @@ class Clusters(Metric):
             raise ValueError("n_init, repeats and max_iter must be at least 1")
         if silhouette_sample_size is not None and int(silhouette_sample_size) < 2:
             raise ValueError("silhouette_sample_size must be at least 2 (or null: the whole sample)")
-        self.sample_size = int(sample_size)
-        self.seed = int(seed)
         self.k_min, self.k_max = int(k_min), int(k_max)
         self.n_init, self.max_iter, self.tol = int(n_init), int(max_iter), float(tol)
         self.silhouette_sample_size = None if silhouette_sample_size is None else int(silhouette_sample_size)
         self.min_silhouette = float(min_silhouette)
         self.repeats = int(repeats)
-        self.sample = ReservoirSample(self.sample_size, self.seed)
-
-    def _update(self, batch: TokenBatch) -> None:
-        self.sample.update(batch)
 
     def _silhouette_subset(self, n: int):
         """Indices of the points the silhouette is scored on (all, or a seeded subset)."""

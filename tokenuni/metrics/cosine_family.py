@@ -26,7 +26,7 @@ keeps S_t = Σ_{i ∈ t} x̂_i and n_t; everything below is exact from these sum
     centroids (cos(m_t, m_u) is larger, since ‖m_t‖ ≤ 1, and is not what either the paper or its code
     measures). ``n`` = T.
   - ``"one_per_type"`` (Cai's protocol): per type the one instance with the smallest seeded
-    :func:`~tokenuni.metrics.base.token_hash` of (sentence_id, position), a uniform random choice that is
+    :func:`~tokenuni.numerics.token_hash` of (sentence_id, position), a uniform random choice that is
     streaming and batching-independent; S_inter = the mean pairwise cosine of those T vectors.
     ``value`` is the draw for ``seed``; ``spread`` = standard deviation (ddof = 1) of the value over
     ``repeats`` draws with seeds ``seed, seed + 1, …`` (``repeats`` = 1: no spread); ``sample_size`` =
@@ -48,7 +48,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from tokenuni.metrics.base import Metric, MetricValue, TokenBatch, mean_pairwise_cosine, token_hash, unit_rows
+from tokenuni.metrics.base import Metric, MetricValue, TokenBatch, mean_pairwise_cosine, unit_rows
+from tokenuni.numerics import token_hash
 
 VARIANTS = ("uncentred", "centred")
 TYPE_SAMPLING = ("exact", "one_per_type")

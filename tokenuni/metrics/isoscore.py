@@ -20,14 +20,15 @@ matters for IsoScore* below. The paper asks for N ≥ n points; with fewer the c
 √n in float32 (``torch.sqrt`` of an integer tensor), so it agrees with this float64 code to ~1e-8
 relative, not to the last bit.
 
-Streaming and exact: the accumulator keeps G = Σ xᵢxᵢᵀ, s = Σ xᵢ and N in float64 on the device, so
-Σ = (G − s sᵀ / N) / (N − 1) for any number of tokens (row ``isoscore``, no sampling).
+Streaming and exact: the accumulator (:class:`tokenuni.numerics.MomentSums`) keeps N, the mean and the
+centred scatter M = Σ (xᵢ − μ)(xᵢ − μ)ᵀ in float64 on the device, merged batch by batch without
+cancellation, so Σ = M / (N − 1) for any number of tokens (row ``isoscore``, no sampling).
 
 IsoScore* — Rudman & Eickhoff, "Stable Anisotropic Regularization", ICLR 2024: IsoScore computed from
 a shrinkage covariance Σ_ζ = (1 − ζ) Σ_S + ζ Σ_D, where Σ_S is the covariance of a mini-batch S of
 token states and Σ_D the covariance of a larger set D of token states (regularised discriminant
 analysis; their code: ``(1 - zeta) * C + zeta * C0``, ζ = 0.2 in their experiments). Here S is a
-seeded mini-batch of ``sample_size`` tokens of the layer drawn with :class:`ReservoirSample` (the
+seeded mini-batch of ``sample_size`` tokens of the layer drawn with :class:`~tokenuni.numerics.ReservoirSample` (the
 same tokens in every layer), and D is *every* token of the layer (Σ_D exact from the streamed sums).
 Deviation from their code: their C0 pools up to 250k token states of all layers and is rebuilt each
 training epoch; a per-layer measurement has only its own layer, so Σ_D is that layer's covariance.
@@ -44,7 +45,8 @@ import math
 
 import numpy as np
 
-from tokenuni.metrics.base import GramSums, Metric, MetricValue, ReservoirSample, TokenBatch
+from tokenuni.metrics.base import MetricValue, SampledMetric, TokenBatch
+from tokenuni.numerics import MomentSums, sample_covariance
 
 
 def isoscore_torch(variances):
@@ -113,35 +115,26 @@ def isoscore_from_moments(covariance) -> float:
     return (trace * trace / frobenius_sq - 1.0) / (n - 1.0)
 
 
-def sample_covariance(x):
-    """Covariance (ddof = 1) of the rows of ``x`` (a torch tensor), as ``torch.cov(x.T)``."""
-    centred = x - x.mean(dim=0)
-    return centred.T @ centred / (x.shape[0] - 1)
-
-
-class IsoScoreMetric(Metric):
+class IsoScoreMetric(SampledMetric):
     name = "isoscore"
     produces = ("isoscore", "isoscore_star")
 
     def __init__(self, device="cpu", zeta: float = 0.2, sample_size: int = 1024, seed: int = 0, bootstrap: int = 20,
                  **options):
-        super().__init__(device, **options)
+        super().__init__(device, sample_size=sample_size, seed=seed, **options)
         if not 0.0 <= float(zeta) <= 1.0:
             raise ValueError(f"zeta must be in [0, 1], got {zeta}")
         self.zeta = float(zeta)
-        self.sample_size = int(sample_size)
-        self.seed = int(seed)
         self.bootstrap = int(bootstrap)
-        self.sums = GramSums()
-        self.sample = ReservoirSample(self.sample_size, self.seed)
+        self.sums = MomentSums(self.device)
 
     def _update(self, batch: TokenBatch) -> None:
         self.sums.update(batch.x)
-        self.sample.update(batch)
+        self.offer(batch)
 
     def covariance(self):
         """The layer's sample covariance Σ_D (ddof = 1), exact from the streamed sums."""
-        return self.sums.centred_gram() / (self.sums.count - 1)
+        return self.sums.covariance(ddof=1)
 
     def star(self, sample_x, data_covariance, score=isoscore_from_covariance) -> float:
         """IsoScore* of a mini-batch ``sample_x`` shrunk toward ``data_covariance``."""

@@ -13,7 +13,7 @@ form, i.e. (k − 1)/k times this value).
 
 Protocol:
 
-* A seeded :class:`ReservoirSample` of ``sample_size`` tokens (the same tokens in every layer); the
+* A seeded :class:`~tokenuni.numerics.ReservoirSample` of ``sample_size`` tokens (the same tokens in every layer); the
   k nearest neighbours of each sampled point are searched, exactly, within the sample: brute force in
   row chunks from the Gram form of the squared distances of the centred sample, with the rows whose
   nearest distance is small against the norms (where that form loses precision) recomputed from the
@@ -54,7 +54,7 @@ import logging
 
 import numpy as np
 
-from tokenuni.metrics.base import Metric, MetricValue, ReservoirSample, TokenBatch
+from tokenuni.metrics.base import MetricValue, SampledMetric
 
 log = logging.getLogger(__name__)
 
@@ -117,25 +117,19 @@ def bootstrap_std(values: np.ndarray, statistics, resamples: int, seed: int) -> 
     return [float(np.std(statistic(drawn, axis=1), ddof=1)) for statistic in statistics]
 
 
-class LocalIntrinsicDimension(Metric):
+class LocalIntrinsicDimension(SampledMetric):
     name = "lid"
     produces = ("lid_mean", "lid_std", "lid_median", "lid_k", "lid_duplicate_tokens")
 
     def __init__(self, device="cpu", k: int = 100, sample_size: int = 5000, seed: int = 0,
                  squared_distances: bool = False, bootstrap: int = 100, chunk_size: int = 512, **options):
-        super().__init__(device, **options)
+        super().__init__(device, sample_size=sample_size, seed=seed, **options)
         if int(k) < 2:
             raise ValueError("lid: k must be at least 2")
         self.k = int(k)
-        self.sample_size = int(sample_size)
-        self.seed = int(seed)
         self.squared_distances = bool(squared_distances)
         self.bootstrap = int(bootstrap)
         self.chunk_size = int(chunk_size)
-        self.sample = ReservoirSample(self.sample_size, self.seed)
-
-    def _update(self, batch: TokenBatch) -> None:
-        self.sample.update(batch)
 
     def pointwise(self):
         """(per-point LIDs as a numpy array, k used, sampled tokens, duplicates dropped), or None."""

@@ -18,9 +18,10 @@ eigenvector (2d directions): sign-free, the same on CPU and GPU, and closer to t
 sphere that U stands in for. ``signs="canonical"`` uses each eigenvector once, signed so that its
 largest-magnitude entry is positive (reproducible, but an arbitrary choice like the original's).
 
-Streaming, two passes (``passes = 2``): pass 0 accumulates VᵀV and Σv (float64) and fixes U; pass 1
-accumulates log Z(u) for every u with a running log-sum-exp (per direction a running maximum m and
-Σ exp(uᵀv − m)), so it never overflows — the raw exp of BERT-scale projections (‖v‖ in the tens to
+Streaming, two passes (``passes = 2``): pass 0 accumulates N, the mean and the centred scatter
+(:class:`tokenuni.numerics.MomentSums`, float64; VᵀV = scatter + N μμᵀ) and fixes U
+(:func:`tokenuni.numerics.descending_eigh`); pass 1 accumulates log Z(u) for every u with a running
+log-sum-exp (per direction a running maximum m and Σ exp(uᵀv − m)), so it never overflows — the raw exp of BERT-scale projections (‖v‖ in the tens to
 thousands) overflows float64. I = exp(min log Z − max log Z) (it may underflow to 0 for extremely
 anisotropic layers, which is its value in float64).
 """
@@ -28,19 +29,11 @@ from __future__ import annotations
 
 import math
 
-from tokenuni.metrics.base import GramSums, Metric, MetricValue, TokenBatch
+from tokenuni.metrics.base import Metric, MetricValue, TokenBatch
+from tokenuni.numerics import MomentSums, descending_eigh
 
 VARIANTS = ("uncentred", "centred")
 SIGNS = ("both", "canonical")
-
-
-def canonical_signs(vectors):
-    """Flip each column so that its largest-magnitude entry is positive."""
-    import torch
-
-    rows = torch.argmax(vectors.abs(), dim=0)
-    signs = torch.sign(vectors[rows, torch.arange(vectors.shape[1], device=vectors.device)])
-    return vectors * torch.where(signs == 0, torch.ones_like(signs), signs)
 
 
 class PartitionIsotropy(Metric):
@@ -57,7 +50,7 @@ class PartitionIsotropy(Metric):
         if signs not in SIGNS:
             raise ValueError(f"signs must be one of {SIGNS}, got {signs!r}")
         self.signs = signs
-        self.sums = GramSums()
+        self.sums = MomentSums(self.device)
         self.directions = {}  # variant -> (d, m) matrix of the directions u as columns
         self.mean = None
         self.running_max = {}  # variant -> (m,) running max of uᵀv
@@ -72,12 +65,10 @@ class PartitionIsotropy(Metric):
     def _fix_directions(self) -> None:
         import torch
 
-        self.mean = self.sums.total / self.sums.count
-        scatter = {"uncentred": self.sums.gram, "centred": self.sums.centred_gram()}
+        self.mean = self.sums.mean()
+        scatter = {"uncentred": self.sums.uncentred_gram, "centred": self.sums.scatter}
         for variant in self.variants:
-            matrix = scatter[variant]
-            _, vectors = torch.linalg.eigh((matrix + matrix.T) / 2)
-            vectors = canonical_signs(vectors)
+            _, vectors = descending_eigh(scatter[variant]())
             if self.signs == "both":
                 vectors = torch.cat([vectors, -vectors], dim=1)
             self.directions[variant] = vectors

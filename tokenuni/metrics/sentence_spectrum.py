@@ -6,8 +6,8 @@ n_s × d matrix of token states, normalised by the largest, σ̃_k = σ_k / σ_1
 a skewed distribution: one large value, many tiny ones. Rows (mean over sentences; ``spread`` = the
 standard deviation across sentences, ddof = 1):
 
-* ``sentence_singular_value_skewness``: the population skewness m₃ / m₂^{3/2} of σ̃_1…σ̃_r (as
-  ``scipy.stats.skew``; 0 for a spectrum constant up to rounding, where scipy returns nan; always 0
+* ``sentence_singular_value_skewness``: the population skewness m₃ / m₂^{3/2} of σ̃_1…σ̃_r
+  (:func:`tokenuni.numerics.skewness_rows`, as ``scipy.stats.skew``; 0 for a spectrum constant up to rounding, where scipy returns nan; always 0
   for a two-token sentence);
 * ``sentence_top_singular_fraction``: σ_1² / Σ_k σ_k², the share of the sentence's energy
   (uncentred) in its first direction;
@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 
 from tokenuni.metrics.base import Metric, MetricValue, TokenBatch
+from tokenuni.numerics import skewness_rows
 
 
 class SentenceSpectrum(Metric):
@@ -80,18 +81,11 @@ class SentenceSpectrum(Metric):
         top = values[:, 0]
         nonzero = top > 0
         self.skipped += int((~nonzero).sum())
-        values, valid, ranks, top = values[nonzero], valid[nonzero], ranks[nonzero], top[nonzero]
+        values, valid, top = values[nonzero], valid[nonzero], top[nonzero]
         if len(values) == 0:
             return
         normalised = values / top[:, None]
-        count = ranks.to(normalised.dtype)
-        mean = normalised.sum(dim=1) / count
-        centred = torch.where(valid, normalised - mean[:, None], torch.zeros_like(normalised))
-        m2 = (centred ** 2).sum(dim=1) / count
-        m3 = (centred ** 3).sum(dim=1) / count
-        spread_out = m2 > (1e-15 * mean) ** 2  # as scipy.stats.skew: variance at rounding level = constant
-        safe_m2 = torch.where(spread_out, m2, torch.ones_like(m2))
-        skew = torch.where(spread_out, m3 / safe_m2 ** 1.5, torch.zeros_like(m2))
+        skew = skewness_rows(normalised, valid)  # 0 where the spread is at rounding level (scipy: nan)
         top_fraction = 1.0 / (normalised ** 2).sum(dim=1)  # σ₁² / Σσ² = 1 / Σ σ̃²
         self.skew_sums += torch.stack([skew.sum(), (skew ** 2).sum()])
         self.top_sums += torch.stack([top_fraction.sum(), (top_fraction ** 2).sum()])

@@ -3,19 +3,21 @@
 Yan, Gui, Li, He, "Addressing Token Uniformity in Transformers via Singular Value Transformation",
 UAI 2022: the singular values of a layer's outputs grow more skewed with depth (token uniformity).
 
-For the N×d token matrix X (rows = real tokens of the corpus), the accumulator keeps
-G = XᵀX = Σ_batches X_bᵀX_b and s = Σ x_i (float64), so for any N:
+For the N×d token matrix X (rows = real tokens of the corpus), the accumulator
+(:class:`tokenuni.numerics.MomentSums`, float64) keeps N, the mean μ and the centred scatter
+M = (X − 1μᵀ)ᵀ(X − 1μᵀ), merged batch by batch without cancellation, so for any N:
 
-* uncentred: σ_k(X) = √λ_k(G);
-* centred:   σ_k(X − 1μᵀ) = √λ_k(G − s sᵀ / N).
+* uncentred: σ_k(X) = √λ_k(XᵀX), XᵀX = M + N μμᵀ;
+* centred:   σ_k(X − 1μᵀ) = √λ_k(M).
 
 Reported per layer (``variant`` = uncentred / centred): every singular value (``singular_value``,
 component 0 = largest, min(N, d) of them, N − 1 when centred), the skewness of the normalised values
-s / max s (``singular_value_skewness``: population skewness m₃ / m₂^{3/2}, as ``scipy.stats.skew``; the
-normalisation does not change it), the effective rank exp(H(p)), p_k = σ_k / Σσ (Roy & Vetterli 2007), and
-the fraction of the variance explained by the top k principal components (``explained_variance``,
-component = k for each k in ``explained_variance_k``): Σ_{i≤k} σ_i² / Σ_i σ_i² (Yan et al.'s top-k
-explained variance; of the second moment about 0 for the uncentred variant; 1 when k ≥ the rank).
+s / max s (``singular_value_skewness``: population skewness m₃ / m₂^{3/2}, :func:`tokenuni.numerics.skewness`,
+as ``scipy.stats.skew``; the normalisation does not change it), the effective rank exp(H(p)),
+p_k = σ_k / Σσ (Roy & Vetterli 2007), and the fraction of the variance explained by the top k principal
+components (``explained_variance``, component = k for each k in ``explained_variance_k``):
+Σ_{i≤k} σ_i² / Σ_i σ_i² (Yan et al.'s top-k explained variance; of the second moment about 0 for the
+uncentred variant; 1 when k ≥ the rank).
 
 Unlike the paper's code (a truncated SVD that drops the smallest singular value and keeps padding
 tokens), this is the exact spectrum of the real tokens, padding excluded.
@@ -24,17 +26,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from tokenuni.metrics.base import GramSums, Metric, MetricValue, TokenBatch
-
-
-def skewness(values: np.ndarray) -> float:
-    """Population (biased) skewness m₃ / m₂^{3/2}; 0 for constant input."""
-    values = np.asarray(values, dtype=np.float64)
-    centred = values - values.mean()
-    m2 = np.mean(centred ** 2)
-    if m2 <= 0:
-        return 0.0
-    return float(np.mean(centred ** 3) / m2 ** 1.5)
+from tokenuni.metrics.base import Metric, MetricValue, TokenBatch
+from tokenuni.numerics import MomentSums, skewness
 
 
 def effective_rank(singular_values: np.ndarray) -> float:
@@ -74,7 +67,7 @@ class Spectrum(Metric):
         self.explained_variance_k = tuple(int(k) for k in explained_variance_k)
         if any(k < 1 for k in self.explained_variance_k):
             raise ValueError(f"explained_variance_k must be positive integers, got {explained_variance_k}")
-        self.sums = GramSums()
+        self.sums = MomentSums(self.device)
 
     def _update(self, batch: TokenBatch) -> None:
         self.sums.update(batch.x)
@@ -84,14 +77,12 @@ class Spectrum(Metric):
         count = self.sums.count
         if count == 0:
             return {}
-        gram = self.sums.gram.cpu().numpy()
-        d = gram.shape[0]
+        d = self.sums.dim
         out = {}
         if "uncentred" in self.variants:
-            out["uncentred"] = singular_values_from_gram(gram, min(count, d))
+            out["uncentred"] = singular_values_from_gram(self.sums.uncentred_gram().cpu().numpy(), min(count, d))
         if "centred" in self.variants:
-            centred = self.sums.centred_gram().cpu().numpy()
-            out["centred"] = singular_values_from_gram(centred, min(count - 1, d))
+            out["centred"] = singular_values_from_gram(self.sums.scatter().cpu().numpy(), min(count - 1, d))
         return out
 
     def compute(self) -> list[MetricValue]:

@@ -23,17 +23,16 @@ is ≥ 1). Rows (population moments, ``n`` = tokens):
 * ``norm_frequency_correlation``: the Pearson correlation between ‖x_i‖ and f (negative when frequent
   tokens have smaller norms, Gao et al.).
 
-Exact in one pass from sufficient statistics: the Gram matrix XᵀX, Σx, Σx·f, Σf, Σf², Σ‖x‖, Σ‖x‖²,
-Σ‖x‖·f (float64, each shifted by the first batch's means for numerical stability; the shift cancels
-exactly in the moments). Memory O(d²), independent of the number of tokens.
+Exact in one pass from sufficient statistics: N, the mean and the centred scatter of z = (x, f, ‖x‖)
+(:class:`tokenuni.numerics.MomentSums`, float64, merged batch by batch without cancellation); every
+moment above is a block of z's covariance. Memory O(d²), independent of the number of tokens.
 """
 from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from tokenuni.metrics.base import Metric, MetricValue, TokenBatch
+from tokenuni.numerics import MomentSums, constant_up_to_rounding, descending_eigh
 
 
 class WordFrequency(Metric):
@@ -47,61 +46,48 @@ class WordFrequency(Metric):
             raise ValueError("word_frequency: components must be >= 1")
         self.log_frequency = bool(log_frequency)
         self.components = int(components)
-        self.count = 0
-        self.shift = None  # (shift of x, shift of f, shift of ‖x‖) taken from the first batch
-        self.gram = None  # Σ y yᵀ, y = x − shift_x
-        self.vector_sum = None  # Σ y
-        self.vector_frequency = None  # Σ y g, g = f − shift_f
-        self.frequency_sum = 0.0  # Σ g
-        self.frequency_square = 0.0  # Σ g²
-        self.norm_sum = 0.0  # Σ r, r = ‖x‖ − shift_norm
-        self.norm_square = 0.0  # Σ r²
-        self.norm_frequency = 0.0  # Σ r g
+        #: N, mean and centred scatter of z = (x, f, ‖x‖) ∈ ℝ^{d+2}: every moment below is a block of it
+        self.sums = MomentSums(self.device)
 
     def _frequency(self, batch: TokenBatch):
         f = batch.frequency.to(batch.x.dtype)
         return f.clamp_min(1.0).log() if self.log_frequency else f
 
+    @property
+    def count(self) -> int:
+        return self.sums.count
+
     def _update(self, batch: TokenBatch) -> None:
         import torch
 
         x = batch.x
-        f = self._frequency(batch)
         norms = torch.linalg.vector_norm(x, dim=1)
-        if self.shift is None:
-            d = x.shape[1]
-            self.shift = (x.mean(dim=0), float(f.mean()), float(norms.mean()))
-            self.gram = x.new_zeros((d, d))
-            self.vector_sum = x.new_zeros(d)
-            self.vector_frequency = x.new_zeros(d)
-        y = x - self.shift[0]
-        g = f - self.shift[1]
-        r = norms - self.shift[2]
-        self.gram += y.T @ y
-        self.vector_sum += y.sum(dim=0)
-        self.vector_frequency += y.T @ g
-        self.frequency_sum += float(g.sum())
-        self.frequency_square += float(g @ g)
-        self.norm_sum += float(r.sum())
-        self.norm_square += float(r @ r)
-        self.norm_frequency += float(r @ g)
-        self.count += len(batch)
+        self.sums.update(torch.cat([x, self._frequency(batch)[:, None], norms[:, None]], dim=1))
 
     def moments(self) -> dict:
-        """Population covariance of x, Cov(x, f), Var f, Var ‖x‖, Cov(‖x‖, f) (numpy / floats)."""
-        n = self.count
-        s = self.vector_sum.cpu().numpy()
-        mean_g = self.frequency_sum / n
-        mean_r = self.norm_sum / n
+        """Population covariance of x, Cov(x, f), Var f, Var ‖x‖, Cov(‖x‖, f) (numpy / floats).
+
+        A variance at rounding level (equal frequencies or equal norms, :func:`constant_up_to_rounding`) is 0.
+        """
+        covariance = self.sums.covariance(ddof=0).cpu().numpy()
+        mean = self.sums.mean().cpu().numpy()
+        d = covariance.shape[0] - 2
+
+        def variance(i):
+            value = float(covariance[i, i])
+            return 0.0 if constant_up_to_rounding(value, float(mean[i])) else value
+
         return {
-            "covariance": (self.gram.cpu().numpy() - np.outer(s, s) / n) / n,
-            "cov_x_f": self.vector_frequency.cpu().numpy() / n - s / n * mean_g,
-            "var_f": self.frequency_square / n - mean_g ** 2,
-            "var_norm": self.norm_square / n - mean_r ** 2,
-            "cov_norm_f": self.norm_frequency / n - mean_r * mean_g,
+            "covariance": covariance[:d, :d],
+            "cov_x_f": covariance[:d, d],
+            "var_f": variance(d),
+            "var_norm": variance(d + 1),
+            "cov_norm_f": float(covariance[d + 1, d]),
         }
 
     def compute(self) -> list[MetricValue]:
+        import torch
+
         if self.count < 2:
             return []
         m = self.moments()
@@ -110,15 +96,12 @@ class WordFrequency(Metric):
         var_f = m["var_f"]
         if not var_f > 0:
             return rows  # every token equally frequent: correlation undefined
-        eigenvalues, eigenvectors = np.linalg.eigh(m["covariance"])
-        order = np.argsort(eigenvalues)[::-1]
-        for k, index in enumerate(order[:min(self.components, n - 1)], start=1):
-            variance = eigenvalues[index]
+        eigenvalues, eigenvectors = (t.cpu().numpy() for t in descending_eigh(torch.from_numpy(m["covariance"])))
+        for k in range(1, min(self.components, n - 1, len(eigenvalues)) + 1):
+            variance = eigenvalues[k - 1]
             if not variance > 0:
                 break
-            direction = eigenvectors[:, index]
-            if direction[np.argmax(np.abs(direction))] < 0:
-                direction = -direction
+            direction = eigenvectors[:, k - 1]  # signed: largest-|loading| coordinate positive
             r = float(direction @ m["cov_x_f"] / math.sqrt(variance * var_f))
             rows.append(MetricValue("pc_frequency_correlation", abs(r), n, "absolute", component=k))
             rows.append(MetricValue("pc_frequency_correlation", r, n, "signed", component=k))

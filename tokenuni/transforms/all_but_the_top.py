@@ -10,7 +10,7 @@ i.e. (x − μ)(I − U_D U_Dᵀ). The output is zero-mean on the fit set and or
 input. Option ``d_removed`` is D; ``null`` (default) gives the paper's rule of thumb D ≈ d/100, here
 max(1, round(d / 100)) (Python's round: halves to even), e.g. 4 for d = 384, 8 for d = 768.
 
-μ and the covariance are exact from the streamed N, Σ y, Σ y yᵀ (y = x − mean of the first batch).
+μ and the covariance are exact from the streamed N, mean and centred scatter (:class:`tokenuni.numerics.MomentSums`).
 The components are eigenvectors of the centred scatter (``eigh``; the 1/N or 1/(N − 1) factor does
 not change them). When λ_D = λ_{D+1} the removed subspace is not unique and rounding decides.
 
@@ -20,7 +20,8 @@ separate corpus both work; record it in ``fitted_on``.
 """
 from __future__ import annotations
 
-from tokenuni.transforms.base import MomentSums, Transform, TransformError, descending_eigh, integer_option
+from tokenuni.numerics import MomentSums, descending_eigh
+from tokenuni.transforms.base import Transform, TransformError, integer_option
 
 
 def default_removed(d: int) -> int:
@@ -36,7 +37,7 @@ class AllButTheTop(Transform):
         super().__init__(device, d_removed=integer_option(self.name, "d_removed", d_removed, minimum=0, allow_none=True))
 
     def _reset_statistics(self) -> None:
-        self._moments = MomentSums(self.device, shift=True)
+        self._moments = MomentSums(self.device)
         self.mean = self.components = self.eigenvalues = None
 
     def _accumulate(self, x) -> None:

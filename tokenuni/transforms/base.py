@@ -16,8 +16,8 @@ corpus works the same way, since fitting and transforming are separate calls; re
 :attr:`Transform.fitted_on` (free text, e.g. ``"pool:stsb-test"`` or ``"corpus:wikitext"``), which is
 saved and loaded with the transform.
 
-Accumulation and all maths are float64 torch on the transform's ``device`` (CUDA or CPU: the same
-numbers to rounding). Results are float64 whatever the input dtype; a torch result lives on the
+Accumulation (:class:`tokenuni.numerics.MomentSums` for moments) and all maths are float64 torch on the
+transform's ``device`` (CUDA or CPU: the same numbers to rounding). Results are float64 whatever the input dtype; a torch result lives on the
 device the input came from.
 
 Saved files are ``.npz`` archives (no pickles) holding the fitted arrays and one JSON string
@@ -65,81 +65,6 @@ def float_option(transform: str, option: str, value, minimum: float | None = Non
         bounds = "".join([f" >= {minimum}" if minimum is not None else "", f" < {below}" if below is not None else ""])
         raise TransformError(f"transform {transform}: option {option} must be a finite number{bounds}, got {value!r}")
     return float(value)
-
-
-class MomentSums:
-    """Streamed first and second moments of rows x ∈ ℝᵈ: N, Σ y, Σ y yᵀ with y = x − c.
-
-    ``c`` is a fixed shift (the mean of the first batch when ``shift`` is true, else 0), which keeps
-    the centred scatter Σ (x − μ)(x − μ)ᵀ = Σ y yᵀ − N m mᵀ (m = mean of y) free of the cancellation
-    that the raw Gram minus N μμᵀ suffers when ‖μ‖ dominates the spread (anisotropic embeddings).
-    The result does not depend on the batching beyond rounding.
-    """
-
-    def __init__(self, device, shift: bool = True):
-        self.device = device
-        self.shift = bool(shift)
-        self.count = 0
-        self.c = None
-        self.sum = None
-        self.gram = None
-
-    def update(self, x) -> None:
-        import torch
-
-        if x.shape[0] == 0:
-            return
-        if self.c is None:
-            self.c = x.mean(dim=0) if self.shift else torch.zeros(x.shape[1], dtype=x.dtype, device=x.device)
-            self.sum = torch.zeros_like(self.c)
-            self.gram = torch.zeros((x.shape[1], x.shape[1]), dtype=x.dtype, device=x.device)
-        y = x - self.c
-        self.sum += y.sum(dim=0)
-        self.gram += y.T @ y
-        self.count += int(x.shape[0])
-
-    def mean(self):
-        return self.c + self.sum / self.count
-
-    def scatter(self):
-        """Σ (x − μ)(x − μ)ᵀ (centred, not divided by anything), symmetrised."""
-        m = self.sum / self.count
-        scatter = self.gram - self.count * torch_outer(m, m)
-        return (scatter + scatter.T) / 2
-
-    def uncentred_gram(self):
-        """Σ x xᵀ = Σ y yᵀ + (Σy) cᵀ + c (Σy)ᵀ + N c cᵀ, symmetrised."""
-        gram = self.gram + torch_outer(self.sum, self.c) + torch_outer(self.c, self.sum) + self.count * torch_outer(self.c, self.c)
-        return (gram + gram.T) / 2
-
-
-def torch_outer(a, b):
-    return a[:, None] * b[None, :]
-
-
-def descending_eigh(matrix):
-    """Eigenvalues (descending) and eigenvectors (columns) of a symmetric matrix, with a canonical sign.
-
-    Each eigenvector is signed so that its entry of largest magnitude is positive (the first such
-    entry on ties), so repeated decompositions of nearly equal matrices give nearly equal bases.
-    """
-    import torch
-
-    values, vectors = torch.linalg.eigh((matrix + matrix.T) / 2)
-    values, vectors = values.flip(0), vectors.flip(1)
-    return values, canonical_signs(vectors)
-
-
-def canonical_signs(vectors):
-    """Columns multiplied by ±1 so that each column's entry of largest magnitude is positive."""
-    import torch
-
-    if vectors.numel() == 0:
-        return vectors
-    pivot = torch.argmax(vectors.abs(), dim=0)
-    signs = torch.sign(vectors.gather(0, pivot[None, :])[0])
-    signs = torch.where(signs == 0, torch.ones_like(signs), signs)
-    return vectors * signs[None, :]
 
 
 class Transform(ABC):

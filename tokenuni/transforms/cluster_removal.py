@@ -12,10 +12,10 @@ cluster of its nearest k-means centre (squared Euclidean distance; first centre 
 applies to vectors outside the fit set too; on the fit sample the assignment is the k-means labelling.
 
 Fitting, streamed: the fit vectors pass through a seeded bottom-k sample
-(:class:`tokenuni.metrics.base.ReservoirSample`, ``sample_size`` default 20000, ``seed``) keyed by each
+(:class:`tokenuni.numerics.ReservoirSample`, ``sample_size`` default 20000, ``seed``) keyed by each
 vector's running index in the fit stream, so the sample does not depend on how the stream is cut
 into batches; when the fit set has at most ``sample_size`` vectors, the sample is the whole set (the
-paper's setting). k-means is :func:`tokenuni.metrics.clusters.kmeans` (k-means++ seeding, Lloyd,
+paper's setting). k-means is :func:`tokenuni.numerics.kmeans` (k-means++ seeding, Lloyd,
 best of ``n_init`` seeded restarts, float64 torch), seeded by ``seed``. The means μ_c are the means of
 the sample members of each cluster and the components the top right singular vectors of the
 mean-shifted members (exactly scikit-learn's ``PCA(n_components=p).components_``).
@@ -40,8 +40,7 @@ with fewer than ``clusters`` vectors is refused with an error.
 """
 from __future__ import annotations
 
-from tokenuni.metrics.base import ReservoirSample, TokenBatch
-from tokenuni.metrics.clusters import kmeans, squared_distances
+from tokenuni.numerics import ReservoirSample, kmeans, squared_distances
 from tokenuni.transforms.base import Transform, TransformError, float_option, integer_option
 
 
@@ -75,9 +74,7 @@ class ClusterRemoval(Transform):
 
         n = x.shape[0]
         index = torch.arange(self.n_fit, self.n_fit + n, dtype=torch.int64, device=x.device)
-        zeros = torch.zeros(n, dtype=torch.int64, device=x.device)
-        self._sample.update(TokenBatch(x=x, sentence_id=index, token_id=zeros, special=zeros.bool(),
-                                       frequency=zeros, position=zeros))
+        self._sample.update(index, torch.zeros_like(index), x=x)
 
     def _finalize(self) -> None:
         import torch

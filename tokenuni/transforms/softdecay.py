@@ -15,10 +15,11 @@ which gives exactly X W = U diag(s') Vᵀ on the fit set and extends the same sp
 other vectors (the paper's code recomputes the SVD of each matrix it transforms, so it cannot map a
 vector it was not fit on).
 
-The streamed statistic is the Gram matrix G = XᵀX = Σ_batches X_bᵀX_b: its eigenvalues are s², its
-eigenvectors V. Directions where the fit set has (numerically) no extent, s² ≤ d · ε_machine · s²_max
-(e.g. all but N directions when N < d), have s = 0 and f(s)/s undefined: they map to **0** (the limit
-of the clamped f(s)/s as s → 0, and the fit set has no component there anyway).
+The streamed statistic is the Gram matrix G = XᵀX (from :class:`tokenuni.numerics.MomentSums`): its
+eigenvalues are s², its eigenvectors V. Directions where the fit set has (numerically) no extent,
+s² ≤ d · ε_machine · s²_max (e.g. all but N directions when N < d), have s = 0 and f(s)/s undefined:
+they map to **0** (the limit of the clamped f(s)/s as s → 0, and the fit set has no component there
+anyway).
 
 Domain and sign. f is concave and increasing where it is defined, 1 − α(s + α) > 0, i.e.
 s > (α² − 1)/(−α): for −1 < α < 0 that holds for every s ≥ 0; for α ≤ −1 small singular values fall
@@ -36,7 +37,8 @@ the choice in ``fitted_on``.
 """
 from __future__ import annotations
 
-from tokenuni.transforms.base import MomentSums, Transform, TransformError, descending_eigh, float_option
+from tokenuni.numerics import MomentSums, descending_eigh, skewness
+from tokenuni.transforms.base import Transform, TransformError, float_option
 
 
 def softdecay(s, alpha: float):
@@ -59,7 +61,7 @@ class SoftDecay(Transform):
         super().__init__(device, alpha=alpha, clamp_negative=clamp_negative)
 
     def _reset_statistics(self) -> None:
-        self._moments = MomentSums(self.device, shift=False)
+        self._moments = MomentSums(self.device)
         self.operator = self.singular_values = self.decayed_singular_values = None
 
     def _accumulate(self, x) -> None:
@@ -99,8 +101,6 @@ class SoftDecay(Transform):
         return x @ self.operator
 
     def summary(self) -> dict:
-        from tokenuni.metrics.spectrum import skewness
-
         m = min(self.n_fit, self.dim)
         s = self.singular_values[:m].cpu().numpy()
         decayed = self.decayed_singular_values[:m].cpu().numpy()

@@ -11,8 +11,8 @@ principal directions: dimension reduction, as Su et al.'s ``n_components``); ``k
 
 * Σ is the sample covariance (divided by N − 1, ``ddof: 1``, as ``np.cov`` in Su et al.'s code) or the
   population covariance (``ddof: 0``); only the scale of the output depends on it. μ and Σ are exact
-  from the streamed N, Σ y and Σ y yᵀ with y = x − (mean of the first batch), so the centring does not
-  lose precision when ‖μ‖ dominates the spread.
+  from the streamed N, mean and centred scatter (:class:`tokenuni.numerics.MomentSums`), so the
+  centring does not lose precision when ‖μ‖ dominates the spread.
 * Tiny eigenvalues: an eigenvalue λ_i ≤ ``eps`` · λ₁ (default 1e-10) is treated as 0 — the fit set has
   (numerically) no extent there, e.g. when it holds fewer vectors than dimensions — and its column of
   W is set to 0 instead of λ_i^{−1/2} (which would amplify rounding noise without bound); the output
@@ -28,7 +28,8 @@ way; record it in ``fitted_on``.
 """
 from __future__ import annotations
 
-from tokenuni.transforms.base import MomentSums, Transform, TransformError, descending_eigh, float_option, integer_option
+from tokenuni.numerics import MomentSums, descending_eigh
+from tokenuni.transforms.base import Transform, TransformError, float_option, integer_option
 
 
 class Whitening(Transform):
@@ -42,7 +43,7 @@ class Whitening(Transform):
         super().__init__(device, k=k, ddof=int(ddof), eps=float_option(self.name, "eps", eps, minimum=0.0))
 
     def _reset_statistics(self) -> None:
-        self._moments = MomentSums(self.device, shift=True)
+        self._moments = MomentSums(self.device)
         self.mean = self.kernel = self.eigenvalues = None
 
     def _accumulate(self, x) -> None:

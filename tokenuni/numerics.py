@@ -1,0 +1,437 @@
+"""Shared numerics, the ground floor: tensors and arrays in, tensors and numbers out.
+
+Imports nothing from tokenuni (no token batches, no files): the metrics, transforms, projection,
+fine-tuning, STS and GLUE build on it.
+
+* :class:`MomentSums` -- the one streamed accumulator of first and second moments (count, mean,
+  centred scatter, uncentred Gram), exact to rounding however large the mean is against the spread;
+* :func:`descending_eigh` / :func:`canonical_signs` -- eigenpairs of a symmetric matrix in descending
+  order with one sign convention;
+* :func:`sample_covariance` -- the two-pass covariance of one in-memory matrix (differentiable);
+* :class:`ReservoirSample` / :func:`token_hash` -- a seeded, batching-independent bottom-k sample;
+* :func:`kmeans` -- seeded k-means++ / Lloyd, best of ``n_init`` restarts;
+* :func:`skewness` / :func:`skewness_rows` -- population skewness, the one definition;
+* :func:`pearson` / :func:`spearman` -- correlations, by scipy (the reference).
+
+Accumulation is float64 on the tensors' device (CUDA or CPU: the same numbers to rounding).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+# -- moments ----------------------------------------------------------------------------------------
+
+
+class MomentSums:
+    """Streamed count N, mean μ and centred scatter M = Σ (x − μ)(x − μ)ᵀ of rows x ∈ ℝᵈ (float64).
+
+    The shifted form: rows are accumulated as y = x − c, with the shift c fixed to the mean of the first
+    batch, so the running sums hold numbers of the size of the spread, not of the mean. Each batch B is
+    centred on its own mean (two-pass within the batch: its scatter M_B is formed without cancellation)
+    and merged into the running state with the exact pairwise update of Chan, Golub & LeVeque
+    ("Algorithms for computing the sample variance", The American Statistician 37, 1983)::
+
+        δ = m_B − m_A,   N = N_A + N_B,   m = m_A + δ N_B / N,   M = M_A + M_B + δδᵀ N_A N_B / N
+
+    (m: running mean of y). Every term added to M is positive semi-definite, so nothing cancels: M is
+    accurate to rounding relative to itself even when ‖μ‖ dwarfs the spread (GPT-2's rogue dimensions of
+    10²–10³), where the one-pass form Σ x xᵀ − N μμᵀ loses a factor ‖μ‖² / σ² (about 10⁻⁴ relative error
+    at ‖μ‖ = 10⁴, σ = 1). The shift keeps m small, so the rounding of the running mean (ε ‖m‖ per merge)
+    stays at the level of the spread, not of μ. Why not the shift alone (Σ y, Σ y yᵀ, then
+    Σ y yᵀ − N m mᵀ)? It still loses ‖c − μ‖² / σ²; as the first batch's n₁ rows are part of the data,
+    n₁ ‖c − μ‖² ≤ N σ² along c − μ, so the loss is at most N / n₁: small in practice (ε N / n₁ ≈ 10⁻¹² for
+    20 000 tokens after a one-token first batch) but growing with the stream. The pairwise update removes
+    that factor at the cost of one d × d outer product per batch, and it is what :meth:`merge` needs to
+    combine accumulators of disjoint streams (filled on different devices, or by several metrics sharing
+    one pass). The result depends on the batching only through rounding.
+
+    Derived quantities: :meth:`mean`, :meth:`scatter`, :meth:`covariance` (M / (N − ddof)) and
+    :meth:`uncentred_gram` Σ x xᵀ = M + N μμᵀ (a sum of PSD terms, again without cancellation).
+    """
+
+    def __init__(self, device=None):
+        import torch
+
+        #: the device of the state (None: that of the first batch)
+        self.device = None if device is None else torch.device(device)
+        self.count = 0
+        self.shift = None  # (d,) c: the mean of the first batch
+        self._mean = None  # (d,) running mean of y = x − c
+        self._scatter = None  # (d, d) running M
+
+    @property
+    def dim(self) -> int | None:
+        return None if self.shift is None else int(self.shift.shape[0])
+
+    def update(self, x) -> "MomentSums":
+        """Add the rows of ``x`` ((n, d) tensor or array; cast to float64 on the accumulator's device)."""
+        import torch
+
+        x = torch.as_tensor(x)
+        if x.ndim != 2:
+            raise ValueError(f"MomentSums.update needs an (n, d) matrix of rows, got shape {tuple(x.shape)}")
+        n = int(x.shape[0])
+        if n == 0:
+            return self
+        x = x.to(device=self.device if self.device is not None else x.device, dtype=torch.float64)
+        if self.shift is None:
+            self.device = x.device
+            self.shift = x.mean(dim=0)
+        elif x.shape[1] != self.dim:
+            raise ValueError(f"MomentSums: rows of dimension {x.shape[1]} added to a stream of dimension {self.dim}")
+        y = x - self.shift
+        batch_mean = y.mean(dim=0)
+        centred = y - batch_mean
+        self._add(n, batch_mean, centred.T @ centred)
+        return self
+
+    def merge(self, other: "MomentSums") -> "MomentSums":
+        """Fold the statistics of ``other`` (a disjoint stream) into this one; returns self."""
+        if not other.count:
+            return self
+        if self.shift is None:
+            self.device = other.device if self.device is None else self.device
+            self.shift = other.shift.to(self.device).clone()
+        elif other.dim != self.dim:
+            raise ValueError(f"MomentSums: merging a stream of dimension {other.dim} into one of dimension {self.dim}")
+        mean = (other.shift.to(self.device) - self.shift) + other._mean.to(self.device)  # other's mean, in our shift
+        self._add(other.count, mean, other._scatter.to(self.device))
+        return self
+
+    def _add(self, n: int, mean, scatter) -> None:
+        if self.count == 0:
+            self.count, self._mean, self._scatter = n, mean.clone(), scatter.clone()
+            return
+        total = self.count + n
+        delta = mean - self._mean
+        self._mean += delta * (n / total)
+        self._scatter += scatter
+        self._scatter += outer(delta, delta) * (self.count * n / total)
+        self.count = total
+
+    def _require(self) -> None:
+        if self.count == 0:
+            raise ValueError("MomentSums: no rows were added")
+
+    def mean(self):
+        """μ = c + m = (1/N) Σ x."""
+        self._require()
+        return self.shift + self._mean
+
+    def scatter(self):
+        """M = Σ (x − μ)(x − μ)ᵀ (centred, not divided by anything), symmetrised."""
+        self._require()
+        return (self._scatter + self._scatter.T) / 2
+
+    def covariance(self, ddof: int = 1):
+        """M / (N − ddof): the sample covariance (ddof = 1, as ``torch.cov``) or the population one (ddof = 0)."""
+        if self.count <= ddof:
+            raise ValueError(f"MomentSums: a covariance with ddof={ddof} needs more than {ddof} rows, got {self.count}")
+        return self.scatter() / (self.count - ddof)
+
+    def uncentred_gram(self):
+        """Σ x xᵀ = M + N μμᵀ, symmetrised."""
+        mean = self.mean()
+        return self.scatter() + self.count * outer(mean, mean)
+
+
+def outer(a, b):
+    """a bᵀ of two vectors (torch)."""
+    return a[:, None] * b[None, :]
+
+
+def sample_covariance(x):
+    """Covariance (ddof = 1) of the rows of one in-memory matrix ``x`` (torch), two-pass, as ``torch.cov(x.T)``.
+
+    Differentiable (I-STAR's batch covariance); for a stream use :class:`MomentSums`.
+    """
+    centred = x - x.mean(dim=0)
+    return centred.T @ centred / (x.shape[0] - 1)
+
+
+# -- eigenpairs ------------------------------------------------------------------------------------
+
+
+def descending_eigh(matrix):
+    """Eigenvalues (descending) and eigenvectors (columns) of a symmetric matrix, with a canonical sign.
+
+    ``torch.linalg.eigh`` of the symmetrised matrix, reordered; each eigenvector is signed by
+    :func:`canonical_signs`, so repeated decompositions of nearly equal matrices give nearly equal bases.
+    """
+    import torch
+
+    values, vectors = torch.linalg.eigh((matrix + matrix.T) / 2)
+    values, vectors = values.flip(0), vectors.flip(1)
+    return values, canonical_signs(vectors)
+
+
+def canonical_signs(vectors):
+    """Columns multiplied by ±1 so that each column's entry of largest magnitude is positive (the first on ties)."""
+    import torch
+
+    if vectors.numel() == 0:
+        return vectors
+    pivot = torch.argmax(vectors.abs(), dim=0)
+    signs = torch.sign(vectors.gather(0, pivot[None, :])[0])
+    signs = torch.where(signs == 0, torch.ones_like(signs), signs)
+    return vectors * signs[None, :]
+
+
+# -- seeded sampling -------------------------------------------------------------------------------
+
+_MASK64 = (1 << 64) - 1
+
+
+def _signed(value: int) -> int:
+    value &= _MASK64
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def token_hash(seed: int, sentence_id, position):
+    """A seeded 64-bit hash (splitmix64) of (sentence_id, position), as int64 tensors; order-free."""
+    import torch
+
+    def mix(z):
+        z = z.to(torch.int64)
+        z = (z ^ ((z >> 30) & 0x3FFFFFFFF)) * _signed(0xBF58476D1CE4E5B9)
+        z = (z ^ ((z >> 27) & 0x1FFFFFFFFF)) * _signed(0x94D049BB133111EB)
+        return z ^ ((z >> 31) & 0x1FFFFFFFF)
+
+    key = sentence_id.to(torch.int64) * 1_000_003 + position.to(torch.int64)
+    return mix(key + _signed((int(seed) * 0x9E3779B97F4A7C15) & _MASK64))
+
+
+class ReservoirSample:
+    """A seeded, batching-independent sample of at most ``size`` items of a stream (bottom-k sampling).
+
+    Items are identified by (sentence_id, position) (int tensors); an item is kept when its
+    :func:`token_hash` under ``seed`` is among the ``size`` smallest, so the sample does not depend on
+    batch boundaries, is the same set of items for every layer of a dump, and is reproducible from the
+    seed. Any further per-item tensors (vectors, token ids, ...) travel with the kept items. Memory is
+    at most 2 × size rows. :meth:`rows` returns them in (sentence_id, position) order.
+    """
+
+    def __init__(self, size: int, seed: int = 0):
+        self.size = int(size)
+        self.seed = int(seed)
+        self.keys = None
+        self.columns: dict = {}
+        self.seen = 0
+
+    def update(self, sentence_id, position, **columns) -> None:
+        """Offer the items (``sentence_id``, ``position``), with ``columns``: per-item tensors to keep alongside."""
+        import torch
+
+        columns = {"sentence_id": sentence_id, "position": position, **columns}
+        lengths = {name: int(value.shape[0]) for name, value in columns.items()}
+        if len(set(lengths.values())) > 1:
+            raise ValueError(f"ReservoirSample.update: columns of different lengths {lengths}")
+        keys = token_hash(self.seed, sentence_id, position)
+        self.seen += len(keys)
+        if self.keys is None:
+            self.keys, self.columns = keys, dict(columns)
+        else:
+            if set(columns) != set(self.columns):
+                raise ValueError(f"ReservoirSample.update: columns {sorted(columns)}, earlier {sorted(self.columns)}")
+            self.keys = torch.cat([self.keys, keys])
+            self.columns = {k: torch.cat([v, columns[k]]) for k, v in self.columns.items()}
+        if len(self.keys) > 2 * self.size:
+            self._shrink()
+
+    def _shrink(self) -> None:
+        import torch
+
+        if len(self.keys) <= self.size:
+            return
+        keep = torch.topk(self.keys, self.size, largest=False).indices
+        self.keys = self.keys[keep]
+        self.columns = {k: v[keep] for k, v in self.columns.items()}
+
+    def rows(self) -> dict:
+        """The sample as a dict of tensors (``sentence_id``, ``position`` and the offered columns)."""
+        import torch
+
+        if self.keys is None:
+            return {}
+        self._shrink()
+        order = torch.argsort(self.columns["sentence_id"] * 1_000_003 + self.columns["position"])
+        return {k: v[order] for k, v in self.columns.items()}
+
+    def __len__(self) -> int:
+        return 0 if self.keys is None else min(len(self.keys), self.size)
+
+
+def seeded_generator(*key: int):
+    """A CPU torch generator seeded from integers (np.random.SeedSequence), the same on every device."""
+    import torch
+
+    state = np.random.SeedSequence([int(k) for k in key]).generate_state(2, dtype=np.uint64)
+    return torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
+
+
+# -- k-means ---------------------------------------------------------------------------------------
+
+
+def squared_distances(x, centers, x_sq=None):
+    """‖x_i − c_j‖² (n × k), clamped at 0."""
+    if x_sq is None:
+        x_sq = (x * x).sum(dim=1)
+    return (x_sq[:, None] - 2.0 * (x @ centers.T) + (centers * centers).sum(dim=1)[None, :]).clamp_min_(0.0)
+
+
+def kmeans_plusplus(x, k: int, generator, x_sq=None):
+    """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007; 2 + ⌊ln k⌋ trials per centre, as scikit-learn)."""
+    import torch
+
+    n = x.shape[0]
+    if x_sq is None:
+        x_sq = (x * x).sum(dim=1)
+    trials = 2 + int(math.log(k))
+    first = int(torch.randint(n, (1,), generator=generator))
+    chosen = [first]
+    closest = squared_distances(x, x[first:first + 1], x_sq)[:, 0]
+    potential = closest.sum()
+    for _ in range(1, k):
+        draws = torch.rand(trials, generator=generator, dtype=torch.float64).to(x.device) * potential
+        candidates = torch.searchsorted(torch.cumsum(closest, 0), draws).clamp_(max=n - 1)
+        to_candidates = torch.minimum(closest[:, None], squared_distances(x, x[candidates], x_sq))
+        potentials = to_candidates.sum(dim=0)
+        best = int(torch.argmin(potentials))
+        chosen.append(int(candidates[best]))
+        closest, potential = to_candidates[:, best], potentials[best]
+    return x[chosen].clone()
+
+
+def _lloyd(x, centers, x_sq, max_iter: int, tol: float):
+    import torch
+
+    k = centers.shape[0]
+    labels = None
+    for _ in range(max_iter):
+        distances = squared_distances(x, centers, x_sq)
+        new_labels = torch.argmin(distances, dim=1)
+        counts = torch.bincount(new_labels, minlength=k)
+        empty = torch.nonzero(counts == 0).flatten()
+        if len(empty):  # re-seed emptied clusters with the points farthest from their centres
+            own = distances.gather(1, new_labels[:, None])[:, 0]
+            far = torch.topk(own, min(len(empty), x.shape[0])).indices
+            new_labels = new_labels.clone()
+            new_labels[far] = empty[:len(far)]
+            counts = torch.bincount(new_labels, minlength=k)
+        sums = torch.zeros_like(centers).index_add_(0, new_labels, x)
+        new_centers = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None].to(x.dtype), centers)
+        shift = float(((new_centers - centers) ** 2).sum())
+        centers = new_centers
+        converged = labels is not None and bool(torch.equal(labels, new_labels))
+        labels = new_labels
+        if converged or shift <= tol:
+            break
+    distances = squared_distances(x, centers, x_sq)
+    labels = torch.argmin(distances, dim=1)
+    inertia = float(distances.gather(1, labels[:, None]).sum())
+    return labels, centers, inertia
+
+
+def kmeans(x, k: int, *, n_init: int = 5, seed: int = 0, max_iter: int = 300, tol: float = 1e-4, key=()):
+    """Best of ``n_init`` seeded k-means++ / Lloyd runs: (labels, centres, inertia), float64 on x's device.
+
+    Lloyd iterates until the labels stop changing or the centres move by ≤ ``tol`` × the mean
+    per-dimension variance of x (scikit-learn's convention); an emptied cluster is re-seeded with the
+    point farthest from its centre. The restarts draw from generators seeded by (seed, *key, k, restart).
+    """
+    import torch
+
+    x = x.to(dtype=torch.float64)
+    mean = x.mean(dim=0)
+    centred = x - mean  # distances do not change; rounding does (as scikit-learn)
+    x_sq = (centred * centred).sum(dim=1)
+    absolute_tol = tol * float(centred.var(dim=0, unbiased=False).mean()) if len(x) > 1 else 0.0
+    best = None
+    for restart in range(max(int(n_init), 1)):
+        generator = seeded_generator(seed, *key, k, restart)
+        centers = kmeans_plusplus(centred, k, generator, x_sq)
+        labels, centers, inertia = _lloyd(centred, centers, x_sq, max_iter, absolute_tol)
+        if best is None or inertia < best[2]:
+            best = (labels, centers, inertia)
+    labels, centers, inertia = best
+    return labels, centers + mean, inertia
+
+
+# -- skewness --------------------------------------------------------------------------------------
+
+#: relative spread below which a set of values counts as constant (scipy.stats.skew's rule, where it returns nan)
+CONSTANT_RESOLUTION = 1e-15
+
+
+def constant_up_to_rounding(variance, mean):
+    """Whether a variance is at rounding level for values of that mean: variance ≤ (10⁻¹⁵ · mean)².
+
+    A set of equal values can come out of float arithmetic with a variance of ~ε² · mean² instead of 0;
+    quantities that divide by the variance (skewness, correlations) treat such sets as constant.
+    """
+    return variance <= (CONSTANT_RESOLUTION * mean) ** 2
+
+
+def skewness_rows(values, valid=None):
+    """Population (biased) skewness m₃ / m₂^{3/2} of each row of ``values`` (torch, (..., n)) over its ``valid`` entries.
+
+    m_k = mean over the valid entries of (v − mean)ᵏ, as ``scipy.stats.skew`` (bias=True). A row whose
+    m₂ ≤ (10⁻¹⁵ · mean)² -- constant up to rounding, where scipy returns nan -- has skewness 0.
+    """
+    import torch
+
+    values = torch.as_tensor(values)
+    if valid is None:
+        valid = torch.ones_like(values, dtype=torch.bool)
+    zero = torch.zeros_like(values)
+    count = valid.sum(dim=-1).to(values.dtype)
+    mean = torch.where(valid, values, zero).sum(dim=-1) / count
+    centred = torch.where(valid, values - mean[..., None], zero)
+    m2 = (centred ** 2).sum(dim=-1) / count
+    m3 = (centred ** 3).sum(dim=-1) / count
+    spread_out = ~constant_up_to_rounding(m2, mean)
+    safe_m2 = torch.where(spread_out, m2, torch.ones_like(m2))
+    return torch.where(spread_out, m3 / safe_m2 ** 1.5, torch.zeros_like(m2))
+
+
+def skewness(values) -> float:
+    """Population skewness of a 1-D sequence (array, tensor or list), float64; 0 for constant input (see :func:`skewness_rows`)."""
+    import torch
+
+    values = torch.as_tensor(np.asarray(values, dtype=np.float64) if not isinstance(values, torch.Tensor) else values,
+                             dtype=torch.float64).reshape(1, -1)
+    if values.shape[1] == 0:
+        return 0.0
+    return float(skewness_rows(values)[0])
+
+
+# -- correlations ----------------------------------------------------------------------------------
+
+
+def _correlation_inputs(x, y):
+    """(x, y) as flat float64 arrays, or None where a correlation is undefined (n < 2, a constant side, non-finite)."""
+    x = np.asarray(x, dtype=np.float64).reshape(-1)
+    y = np.asarray(y, dtype=np.float64).reshape(-1)
+    if len(x) != len(y):
+        raise ValueError(f"correlation of {len(x)} values with {len(y)} values")
+    if len(x) < 2 or not (np.isfinite(x).all() and np.isfinite(y).all()) or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return None
+    return x, y
+
+
+def pearson(x, y) -> float:
+    """Pearson's r (``scipy.stats.pearsonr``); NaN for fewer than 2 points, a constant side or non-finite values."""
+    import scipy.stats
+
+    pair = _correlation_inputs(x, y)
+    return math.nan if pair is None else float(scipy.stats.pearsonr(*pair).statistic)
+
+
+def spearman(x, y) -> float:
+    """Spearman's ρ (``scipy.stats.spearmanr``: Pearson's r of the average ranks); NaN as :func:`pearson`."""
+    import scipy.stats
+
+    pair = _correlation_inputs(x, y)
+    return math.nan if pair is None else float(scipy.stats.spearmanr(*pair).statistic)
