@@ -57,7 +57,8 @@ def test_moments_equal_numpy():
     np.testing.assert_allclose(moments.covariance().numpy(), np.cov(x, rowvar=False), rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(moments.covariance(ddof=0).numpy(), np.cov(x, rowvar=False, ddof=0), rtol=1e-12,
                                atol=1e-14)
-    np.testing.assert_allclose(moments.uncentred_gram().numpy(), x.T @ x, rtol=1e-12, atol=1e-12 * np.abs(x.T @ x).max())
+    gram = x.T @ x
+    np.testing.assert_allclose(moments.uncentred_gram().numpy(), gram, rtol=1e-12, atol=1e-12 * np.abs(gram).max())
     assert torch.equal(moments.scatter(), moments.scatter().T)
 
 

@@ -37,15 +37,17 @@ class MomentSums:
 
     (m: running mean of y). Every term added to M is positive semi-definite, so nothing cancels: M is
     accurate to rounding relative to itself even when ‖μ‖ dwarfs the spread (GPT-2's rogue dimensions of
-    10²–10³), where the one-pass form Σ x xᵀ − N μμᵀ loses a factor ‖μ‖² / σ² (about 10⁻⁴ relative error
-    at ‖μ‖ = 10⁴, σ = 1). The shift keeps m small, so the rounding of the running mean (ε ‖m‖ per merge)
-    stays at the level of the spread, not of μ. Why not the shift alone (Σ y, Σ y yᵀ, then
-    Σ y yᵀ − N m mᵀ)? It still loses ‖c − μ‖² / σ²; as the first batch's n₁ rows are part of the data,
-    n₁ ‖c − μ‖² ≤ N σ² along c − μ, so the loss is at most N / n₁: small in practice (ε N / n₁ ≈ 10⁻¹² for
-    20 000 tokens after a one-token first batch) but growing with the stream. The pairwise update removes
-    that factor at the cost of one d × d outer product per batch, and it is what :meth:`merge` needs to
-    combine accumulators of disjoint streams (filled on different devices, or by several metrics sharing
-    one pass). The result depends on the batching only through rounding.
+    10²–10³), where the one-pass form Σ x xᵀ − N μμᵀ has a relative error of ε ‖μ‖² / σ² in a direction
+    of spread σ (10⁻⁴ at ‖μ‖ = 10⁴, σ = 10⁻²). The shift keeps m small, so the rounding of the running
+    mean (ε ‖m‖ per merge) stays at the level of the spread, not of μ.
+
+    Why not the shift alone (Σ y, Σ y yᵀ, then Σ y yᵀ − N m mᵀ)? It still loses a factor ‖c − μ‖² / σ²;
+    as the first batch's n₁ rows are part of the data, n₁ ‖c − μ‖² ≤ N σ² along c − μ, so that factor is
+    at most N / n₁: small in practice (ε N / n₁ ≈ 10⁻¹² for 20 000 tokens after a one-token first batch)
+    but growing with the stream. The pairwise update removes it at the cost of centring each batch on
+    its own mean and one d × d outer product per batch (the n × d² product dominates), and it is what
+    :meth:`merge` needs to combine accumulators of disjoint streams (filled on different devices, or by
+    several metrics sharing one pass). The result depends on the batching only through rounding.
 
     Derived quantities: :meth:`mean`, :meth:`scatter`, :meth:`covariance` (M / (N − ddof)) and
     :meth:`uncentred_gram` Σ x xᵀ = M + N μμᵀ (a sum of PSD terms, again without cancellation).
@@ -81,10 +83,14 @@ class MomentSums:
             self.shift = x.mean(dim=0)
         elif x.shape[1] != self.dim:
             raise ValueError(f"MomentSums: rows of dimension {x.shape[1]} added to a stream of dimension {self.dim}")
-        y = x - self.shift
-        batch_mean = y.mean(dim=0)
-        centred = y - batch_mean
-        self._add(n, batch_mean, centred.T @ centred)
+        centred = x - self.shift  # y, a new tensor (x is the caller's) ...
+        batch_mean = centred.mean(dim=0)
+        centred -= batch_mean  # ... centred on the batch's mean in place
+        if self.count == 0:
+            self.count, self._mean, self._scatter = n, batch_mean, centred.T @ centred
+        else:
+            self._scatter.addmm_(centred.T, centred)  # M += M_B in place
+            self._fold(n, batch_mean)
         return self
 
     def merge(self, other: "MomentSums") -> "MomentSums":
@@ -97,18 +103,19 @@ class MomentSums:
         elif other.dim != self.dim:
             raise ValueError(f"MomentSums: merging a stream of dimension {other.dim} into one of dimension {self.dim}")
         mean = (other.shift.to(self.device) - self.shift) + other._mean.to(self.device)  # other's mean, in our shift
-        self._add(other.count, mean, other._scatter.to(self.device))
+        if self.count == 0:
+            self.count, self._mean, self._scatter = other.count, mean, other._scatter.to(self.device).clone()
+        else:
+            self._scatter += other._scatter.to(self.device)
+            self._fold(other.count, mean)
         return self
 
-    def _add(self, n: int, mean, scatter) -> None:
-        if self.count == 0:
-            self.count, self._mean, self._scatter = n, mean.clone(), scatter.clone()
-            return
+    def _fold(self, n: int, mean) -> None:
+        """The pairwise update for n more rows of mean ``mean`` (in our shift), their scatter already added to M."""
         total = self.count + n
         delta = mean - self._mean
         self._mean += delta * (n / total)
-        self._scatter += scatter
-        self._scatter += outer(delta, delta) * (self.count * n / total)
+        self._scatter.addr_(delta, delta, alpha=self.count * n / total)  # M += δδᵀ N_A N_B / N
         self.count = total
 
     def _require(self) -> None:
@@ -369,13 +376,15 @@ def constant_up_to_rounding(variance, mean):
     """Whether a variance is at rounding level for values of that mean: variance ≤ (10⁻¹⁵ · mean)².
 
     A set of equal values can come out of float arithmetic with a variance of ~ε² · mean² instead of 0;
-    quantities that divide by the variance (skewness, correlations) treat such sets as constant.
+    quantities that divide by the variance (skewness, correlations from streamed moments) treat such sets as
+    constant.
     """
     return variance <= (CONSTANT_RESOLUTION * mean) ** 2
 
 
 def skewness_rows(values, valid=None):
-    """Population (biased) skewness m₃ / m₂^{3/2} of each row of ``values`` (torch, (..., n)) over its ``valid`` entries.
+    """Population (biased) skewness m₃ / m₂^{3/2} of each row of ``values`` (torch, (..., n)) over its ``valid``
+    entries.
 
     m_k = mean over the valid entries of (v − mean)ᵏ, as ``scipy.stats.skew`` (bias=True). A row whose
     m₂ ≤ (10⁻¹⁵ · mean)² -- constant up to rounding, where scipy returns nan -- has skewness 0.
@@ -397,7 +406,10 @@ def skewness_rows(values, valid=None):
 
 
 def skewness(values) -> float:
-    """Population skewness of a 1-D sequence (array, tensor or list), float64; 0 for constant input (see :func:`skewness_rows`)."""
+    """Population skewness of a 1-D sequence (array, tensor or list), float64; 0 for constant input.
+
+    The same definition as :func:`skewness_rows` (scipy.stats.skew, 0 where scipy returns nan).
+    """
     import torch
 
     values = torch.as_tensor(np.asarray(values, dtype=np.float64) if not isinstance(values, torch.Tensor) else values,

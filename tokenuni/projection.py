@@ -11,8 +11,8 @@ coloured by the log frequency of their word type, show where frequent and rare t
   ``special_tokens``): μ = (1/N) Σ x, C = (1/N) Σ (x − μ)(x − μ)ᵀ from the streamed sufficient statistics
   (:class:`~tokenuni.numerics.MomentSums`, float64), eigenpairs C v_k = λ_k v_k in descending λ by
   :func:`~tokenuni.numerics.descending_eigh`, each v_k signed so that its largest-|loading| coordinate is
-  positive (the first on ties; the convention of every eigendecomposition in tokenuni). ``explained_variance_ratio_pc<k>`` = λ_k / Σ_j λ_j
-  (= λ_k / tr C, over all d components).
+  positive (the first on ties; the convention of every eigendecomposition in tokenuni).
+  ``explained_variance_ratio_pc<k>`` = λ_k / Σ_j λ_j (= λ_k / tr C, over all d components).
 * The projected tokens: a seeded :class:`~tokenuni.numerics.ReservoirSample` of ``sample_size`` tokens
   (bottom-k of a hash of (sentence_id, position)), the same tokens for every layer and the same tokens
   that the ``clusters``, ``lid`` and ``alignment_uniformity`` metrics draw with the same ``seed``,

@@ -21,8 +21,8 @@ largest-magnitude entry is positive (reproducible, but an arbitrary choice like 
 Streaming, two passes (``passes = 2``): pass 0 accumulates N, the mean and the centred scatter
 (:class:`tokenuni.numerics.MomentSums`, float64; VᵀV = scatter + N μμᵀ) and fixes U
 (:func:`tokenuni.numerics.descending_eigh`); pass 1 accumulates log Z(u) for every u with a running
-log-sum-exp (per direction a running maximum m and Σ exp(uᵀv − m)), so it never overflows — the raw exp of BERT-scale projections (‖v‖ in the tens to
-thousands) overflows float64. I = exp(min log Z − max log Z) (it may underflow to 0 for extremely
+log-sum-exp (per direction a running maximum m and Σ exp(uᵀv − m)), so it never overflows — the raw
+exp of BERT-scale projections (‖v‖ in the tens to thousands) overflows float64. I = exp(min log Z − max log Z) (it may underflow to 0 for extremely
 anisotropic layers, which is its value in float64).
 """
 from __future__ import annotations

@@ -7,8 +7,8 @@ a skewed distribution: one large value, many tiny ones. Rows (mean over sentence
 standard deviation across sentences, ddof = 1):
 
 * ``sentence_singular_value_skewness``: the population skewness m₃ / m₂^{3/2} of σ̃_1…σ̃_r
-  (:func:`tokenuni.numerics.skewness_rows`, as ``scipy.stats.skew``; 0 for a spectrum constant up to rounding, where scipy returns nan; always 0
-  for a two-token sentence);
+  (:func:`tokenuni.numerics.skewness_rows`, as ``scipy.stats.skew``; 0 for a spectrum constant up to
+  rounding, where scipy returns nan; always 0 for a two-token sentence);
 * ``sentence_top_singular_fraction``: σ_1² / Σ_k σ_k², the share of the sentence's energy
   (uncentred) in its first direction;
 * ``sentence_singular_value`` (component = k, 0-based, k < ``max_rank``): the mean of σ̃_k; a

@@ -17,8 +17,8 @@ corpus works the same way, since fitting and transforming are separate calls; re
 saved and loaded with the transform.
 
 Accumulation (:class:`tokenuni.numerics.MomentSums` for moments) and all maths are float64 torch on the
-transform's ``device`` (CUDA or CPU: the same numbers to rounding). Results are float64 whatever the input dtype; a torch result lives on the
-device the input came from.
+transform's ``device`` (CUDA or CPU: the same numbers to rounding). Results are float64 whatever the input
+dtype; a torch result lives on the device the input came from.
 
 Saved files are ``.npz`` archives (no pickles) holding the fitted arrays and one JSON string
 (``__meta__``: format, name, params, fitted_on, n_fit, dim, and scalar state). Only the fitted map is
