@@ -88,17 +88,63 @@ def cmd_corpus(args) -> None:
 
 
 def cmd_embed(args) -> None:
+    """With ``--out``: the dump and its moments (``<dump>.moments.npz``); with ``--stats`` (and ``--plan``) instead: no
+    dump, the embed stage feeds the metrics suite and writes its statistics (corpora larger than the disk)."""
+    from tokenuni.devices import select_device
     from tokenuni.embed import embed_corpus
+    from tokenuni.metrics.suite import LayerMoments, Suite, moments_path, save_statistics
 
+    if (args.out is None) == (args.stats is None):
+        raise SystemExit("tokenuni embed: give --out DUMP (a dump and its moments) or --stats FILE --plan JSON (no dump)")
     _set_threads(args.threads)
-    with _job_run(args, {"model": args.model}) as run:
-        summary = embed_corpus(args.corpus, args.model, args.out, corpus_name=args.corpus_name,
-                               device=args.device, progress=not args.no_progress)
+    device = select_device(args.device)
+    made = {}
+
+    def consumer(n_layers, hidden_size, metadata):
+        made["sink"] = (LayerMoments(n_layers, device) if args.stats is None
+                        else Suite(args.plan, n_layers, metadata, device=device))
+        made["metadata"] = metadata
+        return made["sink"]
+
+    params = {"model": args.model} if args.stats is None else {"model": args.model, "plan": args.plan}
+    with _job_run(args, params) as run:
+        summary = embed_corpus(args.corpus, args.model, args.out, corpus_name=args.corpus_name, device=str(device),
+                               progress=not args.no_progress, consumer=consumer)
+        if args.stats is None:
+            made["sink"].save(moments_path(args.out), {"rows": summary["tokens"], "dump": str(args.out)})
+        else:
+            statistics = made["sink"].statistics()
+            save_statistics(statistics, args.stats)
         if run:
             run.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
-            run.set_tags({"tokenuni.device": summary["device"], "tokenuni.model_source": summary["model_source"]})
+            run.set_tags({"tokenuni.device": summary["device"], "tokenuni.model_source": summary["model_source"],
+                          "tokenuni.dump_precision": summary["precision"]})
             run.log_input(args.corpus, context="corpus")
-            run.log_input(args.out, context="dump")
+            run.log_input(args.out if args.stats is None else args.stats, context="dump" if args.stats is None else "stats")
+
+
+def cmd_stats(args) -> None:
+    """The metrics suite's one read of a dump: every enabled metric's sufficient statistics (see metrics.suite)."""
+    import time
+
+    from tokenuni.devices import select_device
+    from tokenuni.metrics.suite import collect_statistics, save_statistics, statistics_size
+
+    _set_threads(args.threads)
+    device = select_device(args.device)
+    with _job_run(args, {"plan": args.plan}) as run:
+        started = time.perf_counter()
+        statistics = collect_statistics(args.dump, args.plan, device=device, progress=not args.no_progress,
+                                        model=args.model, corpus=args.corpus)
+        save_statistics(statistics, args.out)
+        seconds = time.perf_counter() - started
+        if run:
+            run.set_tags({"tokenuni.device": str(device)})
+            run.log_input(args.dump, context="dump")
+            run.log_metrics({"reads": int(statistics["reads"]), "seconds": round(seconds, 3),
+                             "statistics_bytes": statistics_size(statistics)})
+    log.info("statistics of %s/%s (%d read(s), %.1f s) -> %s", args.model, args.corpus, int(statistics["reads"]),
+             seconds, args.out)
 
 
 def cmd_metric(args) -> None:
@@ -110,13 +156,21 @@ def cmd_metric(args) -> None:
 
     _set_threads(args.threads)
     device = select_device(args.device)
+    if (args.dump is None) == (args.stats is None):
+        raise SystemExit("tokenuni metric: give --stats FILE (derive from the suite's statistics) or --dump FILE")
     with _job_run(args, {"metric": {args.name: args.options}}) as run:
-        table = compute_metric(args.dump, args.name, args.options, model=args.model, corpus=args.corpus,
-                               device=device, progress=not args.no_progress)
+        if args.stats is not None:  # the one-pass suite: derive from its statistics (no read of the dump)
+            from tokenuni.metrics.suite import derive_metric, load_statistics
+
+            table = derive_metric(load_statistics(args.stats), args.name, args.options, model=args.model,
+                                  corpus=args.corpus, device=device)
+        else:
+            table = compute_metric(args.dump, args.name, args.options, model=args.model, corpus=args.corpus,
+                                   device=device, progress=not args.no_progress)
         write_table(table, args.out)
         if run:
             run.set_tags({"tokenuni.device": str(device)})
-            run.log_input(args.dump, context="dump")
+            run.log_input(args.stats or args.dump, context="stats" if args.stats else "dump")
             scalars = table[table["component"].isna()]
             for row in scalars.itertuples():
                 key = row.metric + (f".{row.variant}" if row.variant else "")
@@ -351,8 +405,7 @@ def cmd_finetune_table(args) -> None:
 
     from tokenuni.files import atomic_path
     from tokenuni.finetune.job import summary_table
-    from tokenuni.tables import write_table
-    from tokenuni.tables import to_markdown
+    from tokenuni.tables import to_markdown, write_table
 
     with _job_run(args, {"inputs": len(args.summaries)}) as run:
         rows = []
@@ -427,15 +480,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", type=Path, required=True)
     p.add_argument("--corpus-name", default="")
     p.add_argument("--model", type=_json, required=True, help="the model's config entry")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path, default=None, help="the dump (its moments go to <dump>.moments.npz)")
+    p.add_argument("--stats", type=Path, default=None, help="no dump: write the metrics suite's statistics here")
+    p.add_argument("--plan", type=_json, default=None, help="with --stats: the suite's plan (metrics.suite.pass_plan)")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None)
     _add_job_arguments(p)
     p.set_defaults(func=cmd_embed)
 
-    p = sub.add_parser("metric", help="compute one metric for every layer of a dump")
-    p.add_argument("name")
+    p = sub.add_parser("stats", help="one read of a dump: the statistics of every metric of the suite")
     p.add_argument("--dump", type=Path, required=True)
+    p.add_argument("--plan", type=_json, required=True, help="the suite's plan (metrics.suite.pass_plan)")
+    p.add_argument("--model", required=True, help="model key (for the log)")
+    p.add_argument("--corpus", required=True, help="corpus key (for the log)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=None)
+    _add_job_arguments(p)
+    p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser("metric", help="compute one metric for every layer (from the suite's statistics, or a dump)")
+    p.add_argument("name")
+    p.add_argument("--stats", type=Path, default=None, help="the statistics of `tokenuni stats` (or embed --stats)")
+    p.add_argument("--dump", type=Path, default=None, help="or stream a dump for this one metric")
     p.add_argument("--options", type=_json, default={})
     p.add_argument("--model", required=True, help="model key (for the table)")
     p.add_argument("--corpus", required=True, help="corpus key (for the table)")

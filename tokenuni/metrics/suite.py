@@ -33,111 +33,28 @@ The design (README, "One read per dump"):
   (:func:`tokenuni.embed.embed_corpus` with ``out_path=None``): the statistics are the same (same seeds),
   the moments come from the first forward pass, and metrics that need them first get a second forward pass.
 
-File: one ``.npz`` (no pickles) with ``plan.json``, ``metadata.json``, ``reads``, ``moments/<set>/<layer>/*``,
-``sample/<seed>_<set>/*`` (vectors as float32: dump values are float32, bfloat16 or float16, exact in
-float32), ``state/<metric>/<layer>/*`` and ``rows/<metric>.json``.
+The moments, the samples, the streaming and the file are :mod:`tokenuni.statistics`; this module adds the metrics'
+accumulators (``state/<metric>/<layer>/*``, ``rows/<metric>.json``) and the derivations.
 """
 from __future__ import annotations
 
-import json
 import logging
-import zipfile
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from tokenuni.errors import TokenuniError
-from tokenuni.files import atomic_path
-from tokenuni.metrics.base import Metric, MetricValue, TokenBatch
-from tokenuni.numerics import MomentSums, ReservoirSample, token_hash
+from tokenuni.metrics.base import Metric, TokenBatch
+from tokenuni.statistics import (
+    LayerMoments,
+    StatisticsError,
+    StatisticsPass,
+    json_array,
+    json_value,
+    sample_for_layer,
+    stream_dump,
+)
 
 log = logging.getLogger(__name__)
-
-TOKEN_SETS = ("regular", "special")
-#: pass options of the projection (the rest are derivation options)
-PROJECTION_PASS_OPTIONS = ("sample_size", "seed", "special_tokens")
-
-
-class StatisticsError(TokenuniError, ValueError):
-    """Statistics that do not match what a derivation expects (stale file, other plan): rerun the pass."""
-
-
-# -- moments -----------------------------------------------------------------------------------------
-
-def moment_rows(x, frequency):
-    """z = (x, f, log f, ‖x‖) per token (float64): every second moment a metric or the projection uses is a
-    block of z's moments (f = in-corpus frequency, log f with f clamped at 1)."""
-    import torch
-
-    f = frequency.to(torch.float64)[:, None]
-    return torch.cat([x, f, f.clamp_min(1.0).log(), torch.linalg.vector_norm(x, dim=1, keepdim=True)], dim=1)
-
-
-class LayerMoments:
-    """Per layer, the moments of z (:func:`moment_rows`) of the regular and of the special tokens."""
-
-    def __init__(self, n_layers: int, device="cpu"):
-        self.n_layers = int(n_layers)
-        self.device = device
-        self.sums = {group: [MomentSums(device) for _ in range(self.n_layers)] for group in TOKEN_SETS}
-
-    def update(self, layer: int, x, frequency, special) -> None:
-        """Add one batch of a layer: ``x`` (n, d) float64, ``frequency`` (n,), ``special`` (n,) bool tensors."""
-        z = moment_rows(x, frequency)
-        regular = ~special
-        if bool(regular.all()):
-            self.sums["regular"][layer].update(z)
-            return
-        self.sums["regular"][layer].update(z[regular])
-        if bool(special.any()):
-            self.sums["special"][layer].update(z[special])
-
-    def of(self, layer: int, token_set: str) -> MomentSums:
-        """The moments of z over the regular tokens, or over all tokens (regular merged with special)."""
-        regular = self.sums["regular"][layer]
-        if token_set == "regular":
-            return regular
-        merged = MomentSums.from_state_dict(regular.state_dict(), regular.device) if regular.count else MomentSums()
-        return merged.merge(self.sums["special"][layer])
-
-    def hidden_size(self) -> int:
-        dim = self.sums["regular"][0].dim
-        return 0 if dim is None else dim - 3
-
-    def state_dict(self) -> dict:
-        return {f"moments/{group}/{layer}/{key}": value
-                for group, layers in self.sums.items() for layer, sums in enumerate(layers) if sums.count
-                for key, value in sums.state_dict().items()}
-
-    @classmethod
-    def from_state_dict(cls, state, n_layers: int, device="cpu") -> "LayerMoments":
-        moments = cls(n_layers, device)
-        for group in TOKEN_SETS:
-            for layer in range(n_layers):
-                prefix = f"moments/{group}/{layer}/"
-                if prefix + "count" in state:
-                    moments.sums[group][layer] = MomentSums.from_state_dict(
-                        {k: state[prefix + k] for k in ("count", "shift", "mean", "scatter")}, device)
-        return moments
-
-    def save(self, path, metadata: dict | None = None) -> None:
-        """Write ``<dump>.moments.npz`` (atomically), with the dump's row count to check it against."""
-        arrays = {**self.state_dict(), "n_layers": np.asarray(self.n_layers),
-                  "metadata.json": _json_array(metadata or {})}
-        _save_npz(path, arrays)
-
-    @classmethod
-    def load(cls, path, device="cpu") -> tuple["LayerMoments", dict]:
-        state = _load_npz(path)
-        return cls.from_state_dict(state, int(state["n_layers"]), device), _json_value(state["metadata.json"])
-
-
-def moments_path(dump_path) -> Path:
-    """Where the embed stage saves a dump's moments: ``<dump>.moments.npz`` beside it."""
-    dump_path = Path(dump_path)
-    return dump_path.with_name(dump_path.name + ".moments.npz")
-
 
 # -- the plan ------------------------------------------------------------------------------------------
 
@@ -179,93 +96,9 @@ def pass_plan(metrics: dict[str, dict], projection: dict | None = None) -> dict:
 
 # -- the pass ------------------------------------------------------------------------------------------
 
-class _SharedSample:
-    """A streamed bottom-k sample of one (seed, token set), with each sampled token's vector in every layer."""
-
-    def __init__(self, size: int, seed: int, n_layers: int):
-        self.size, self.seed, self.n_layers = int(size), int(seed), int(n_layers)
-        self.keys = None
-        self.columns: dict = {}
-        self.vectors: list = []
-        self.seen = 0
-
-    def offer(self, rows: dict, layers: list) -> None:
-        """``rows``: index tensors of the batch's tokens of this set (incl. ``row``, ``token``), ``layers``: their
-        (n, d) float64 vectors per layer."""
-        import torch
-
-        keys = token_hash(self.seed, rows["sentence_id"], rows["position"])
-        self.seen += len(keys)
-        if self.keys is not None and len(self.keys) >= self.size:  # only tokens that can still enter
-            threshold = torch.kthvalue(self.keys, self.size).values
-            keep = keys < threshold
-            if not bool(keep.any()):
-                return
-            keys = keys[keep]
-            rows = {k: (v[keep] if isinstance(v, torch.Tensor) else v[keep.cpu().numpy()]) for k, v in rows.items()}
-            layers = [x[keep] for x in layers]
-        layers = [x.to(torch.float32) for x in layers]  # exact: dump values are float32 / bfloat16 / float16
-        if self.keys is None:
-            self.keys, self.columns, self.vectors = keys, dict(rows), layers
-        else:
-            self.keys = torch.cat([self.keys, keys])
-            self.columns = {k: (torch.cat([v, rows[k]]) if isinstance(v, torch.Tensor) else np.concatenate([v, rows[k]]))
-                            for k, v in self.columns.items()}
-            self.vectors = [torch.cat([a, b]) for a, b in zip(self.vectors, layers)]
-        if len(self.keys) > 2 * self.size:
-            self._shrink()
-
-    def _shrink(self) -> None:
-        import torch
-
-        if self.keys is None or len(self.keys) <= self.size:
-            return
-        keep = torch.topk(self.keys, self.size, largest=False).indices
-        self.keys = self.keys[keep]
-        self.columns = {k: (v[keep] if isinstance(v, torch.Tensor) else v[keep.cpu().numpy()])
-                        for k, v in self.columns.items()}
-        self.vectors = [x[keep] for x in self.vectors]
-
-    def state_dict(self, prefix: str) -> dict:
-        import torch
-
-        self._shrink()
-        state = {f"{prefix}/size": np.asarray(self.size), f"{prefix}/seed": np.asarray(self.seed),
-                 f"{prefix}/seen": np.asarray(self.seen)}
-        if self.keys is None:
-            return state
-        order = torch.argsort(self.columns["sentence_id"] * 1_000_003 + self.columns["position"]).cpu()
-        state[f"{prefix}/keys"] = self.keys.cpu()[order].numpy()
-        for name, values in self.columns.items():
-            values = values.cpu()[order].numpy() if isinstance(values, torch.Tensor) else values[order.numpy()]
-            state[f"{prefix}/{name}"] = values
-        for layer, x in enumerate(self.vectors):
-            state[f"{prefix}/x/{layer}"] = x.cpu()[order].numpy()
-        return state
-
-
-def sample_for_layer(state, key: str, layer: int, device="cpu") -> ReservoirSample:
-    """The shared sample of ``key`` at ``layer`` as a :class:`ReservoirSample` (the columns a SampledMetric reads)."""
-    import torch
-
-    prefix = f"sample/{key}"
-    sample = ReservoirSample(int(state[f"{prefix}/size"]), int(state[f"{prefix}/seed"]))
-    sample.seen = int(state[f"{prefix}/seen"])
-    if f"{prefix}/keys" not in state:
-        return sample
-
-    def tensor(name, dtype):
-        return torch.as_tensor(np.asarray(state[f"{prefix}/{name}"]), dtype=dtype, device=device)
-
-    sample.keys = tensor("keys", torch.int64)
-    sample.columns = {"sentence_id": tensor("sentence_id", torch.int64), "position": tensor("position", torch.int64),
-                      "x": tensor(f"x/{layer}", torch.float64), "token_id": tensor("token_id", torch.int64),
-                      "frequency": tensor("frequency", torch.int64)}
-    return sample
-
-
-class Suite:
-    """The accumulators of every enabled metric for every layer, fed batch by batch (from a dump or the model).
+class Suite(StatisticsPass):
+    """The accumulators of every enabled metric for every layer, with the shared moments and samples of
+    :class:`~tokenuni.statistics.StatisticsPass`, fed batch by batch (from a dump or from the embed stage).
 
     ``moments``: a :class:`LayerMoments` known before the stream (from the embed stage), or None: then they are
     accumulated in the first read and :attr:`reads` is 2 when a metric needs them first.
@@ -275,23 +108,16 @@ class Suite:
                  device="cpu"):
         from tokenuni.metrics import make_metric
 
-        self.plan, self.n_layers, self.device = plan, int(n_layers), device
-        self.metadata = dict(metadata or {})
-        self.given_moments = moments is not None
-        self.moments = moments if moments is not None else LayerMoments(n_layers, device)
+        super().__init__(plan, n_layers, metadata, moments=moments, device=device)
         self.metrics = {name: [make_metric(name, options, device).bind(layer, self.metadata)
                                for layer in range(self.n_layers)]
                         for name, options in plan["metrics"].items()}
-        self.samples = {key: _SharedSample(size, int(key.split("_")[0]), self.n_layers)
-                        for key, size in plan["samples"].items()}
-        first = [m[0] for m in self.metrics.values()]
-        self.token_sets = sorted({m.token_set() for m in first} | {k.split("_")[1] for k in self.samples})
-        needs_first = any(m.needs_moments_first() for m in first)
-        self.reads = 2 if needs_first and not self.given_moments else 1
-        self.read = 0
-        self.rows = 0
+        self.token_sets |= {metrics[0].token_set() for metrics in self.metrics.values()}
         if self.given_moments:
             self._prime()
+
+    def _needs_moments_first(self) -> bool:
+        return any(metrics[0].needs_moments_first() for metrics in self.metrics.values())
 
     def _prime(self) -> None:
         for metrics in self.metrics.values():
@@ -302,67 +128,28 @@ class Suite:
                         metric.prime(moments.select(range(moments.dim - 3)))
 
     def begin_read(self, index: int) -> None:
-        """Before read ``index`` (0-based) of :attr:`reads`."""
         self.read = index
         self.rows = 0
         if index == 1:
             self._prime()
 
-    def _stages(self) -> tuple[str, ...]:
-        if self.given_moments:
-            return ("data", "moments")
-        return ("data",) if self.read == 0 else ("moments",)
-
-    def update(self, index: dict, layers: list) -> None:
-        """One batch: ``index`` the token index as tensors on the device (``sentence_id``, ``position``,
-        ``token_id``, ``special``, ``frequency``; ``token`` as a numpy array of strings), ``layers`` the (n, d)
-        float64 tensors of every layer."""
-        import torch
-
-        n = int(index["sentence_id"].shape[0])
-        special = index["special"].to(torch.bool)
-        selections = {"all": None, "regular": ~special}
-        rows = torch.arange(self.rows, self.rows + n, device=special.device)
-        self.rows += n
-        stages = self._stages()
-        update_moments = not self.given_moments and self.read == 0
-        sample_rows = {}
-        if self.read == 0:
-            for key in self.samples:
-                keep = selections[key.split("_")[1]]
-                picked = {name: index[name] for name in ("sentence_id", "position", "token_id", "frequency")}
-                picked.update(special=special, row=rows, token=np.asarray(index["token"]))
-                if keep is not None:
-                    mask = keep.cpu().numpy()
-                    picked = {k: (v[keep] if isinstance(v, torch.Tensor) else v[mask]) for k, v in picked.items()}
-                sample_rows[key] = (picked, keep)
-        for layer, x in enumerate(layers):
-            _check_finite(x, self.metadata, layer, index["sentence_id"])
-            tokens = TokenBatch(x, index["sentence_id"], index["token_id"], special, index["frequency"],
-                                index["position"])
-            by_set = {"all": tokens}
-            if "regular" in self.token_sets:
-                by_set["regular"] = tokens.select(selections["regular"])
-            if update_moments:
-                self.moments.update(layer, x, index["frequency"], special)
-            for metrics in self.metrics.values():
-                metric = metrics[layer]
-                batch = by_set[metric.token_set()]
-                if len(batch):
-                    for stage in stages:
-                        metric.stream(batch, stage)
-        if sample_rows:
-            for key, (picked, keep) in sample_rows.items():
-                self.samples[key].offer(picked, [x if keep is None else x[keep] for x in layers])
+    def _stream_layer(self, layer: int, x, index: dict, regular, stages: tuple[str, ...]) -> None:
+        tokens = TokenBatch(x, index["sentence_id"], index["token_id"], index["special"].bool(), index["frequency"],
+                            index["position"])
+        by_set = {"all": tokens}
+        if "regular" in self.token_sets:
+            by_set["regular"] = tokens.select(regular)  # special tokens dropped once for every metric
+        for metrics in self.metrics.values():
+            metric = metrics[layer]
+            batch = by_set[metric.token_set()]
+            if len(batch):
+                for stage in stages:
+                    metric.stream(batch, stage)
 
     def statistics(self) -> dict:
-        """Everything the derivations need, as numpy arrays (see the module docstring for the layout)."""
+        """The shared statistics, each metric's own state, and the final rows of metrics without derived options."""
+        state = super().statistics()
         hidden_size = self.moments.hidden_size()
-        state = {"plan.json": _json_array(self.plan), "metadata.json": _json_array(self.metadata),
-                 "reads": np.asarray(self.reads), "n_layers": np.asarray(self.n_layers),
-                 "hidden_size": np.asarray(hidden_size), **self.moments.state_dict()}
-        for key, sample in self.samples.items():
-            state.update(sample.state_dict(f"sample/{key}"))
         for name, metrics in self.metrics.items():
             if type(metrics[0]).derived_options:
                 for layer, metric in enumerate(metrics):
@@ -373,7 +160,7 @@ class Suite:
                 for layer, metric in enumerate(metrics):
                     _attach(metric, state, self.moments, layer, hidden_size, self.device)
                     rows += [{"layer": layer, **value.__dict__} for value in metric.compute()]
-                state[f"rows/{name}.json"] = _json_array(rows)
+                state[f"rows/{name}.json"] = json_array(rows)
         return state
 
 
@@ -388,60 +175,13 @@ def _attach(metric: Metric, state: dict, moments: LayerMoments, layer: int, hidd
         metric.use_sample(sample_for_layer(state, key, layer, device))
 
 
-def _check_finite(x, metadata: dict, layer: int, sentence_id) -> None:
-    import torch
-
-    bad = ~torch.isfinite(x).all(dim=1)
-    if bool(bad.any()):
-        raise TokenuniError(
-            f"metrics: model {metadata.get('model_id') or '?'}, layer {layer} holds NaN or Inf vectors "
-            f"({int(bad.sum())} token(s), first in sentence_id {int(sentence_id[bad][0])}); the dump is damaged or the "
-            "model overflowed: delete the dump and rerun the embed step (in float32 if it was float16)")
-
-
-def index_tensors(batch, device) -> dict:
-    """The token index of an Arrow record batch as tensors on ``device`` (tokens as a numpy array of strings)."""
-    import torch
-
-    def column(name, dtype):
-        return torch.from_numpy(np.array(batch.column(name).to_numpy(zero_copy_only=False), dtype=dtype)).to(device)
-
-    return {"sentence_id": column("sentence_id", np.int64), "position": column("position", np.int64),
-            "token_id": column("token_id", np.int64), "special": column("special", np.bool_),
-            "frequency": column("frequency", np.int64),
-            "token": np.asarray(batch.column("token").to_numpy(zero_copy_only=False), dtype=str)}
-
-
 def collect_statistics(dump_path, plan: dict, *, device="cpu", progress: bool = True, model: str = "",
                        corpus: str = "") -> dict:
-    """Stream a dump once (twice without its moments file, when a metric needs the moments first) and return the
-    statistics of :class:`Suite`. The moments file must describe this dump (same rows), else it is ignored with a
-    warning and the moments are accumulated in the read."""
-    from tqdm.auto import tqdm
-
-    from tokenuni.store import layer_column, open_dump, vector_tensor
-
-    dump = open_dump(dump_path)
-    metadata = dump.metadata
-    moments = None
-    sidecar = moments_path(dump_path)
-    if sidecar.exists():
-        moments, moments_meta = LayerMoments.load(sidecar, device)
-        rows = int(metadata.get("tokens") or dump.num_rows)
-        if moments.n_layers != dump.n_layers or int(moments_meta.get("rows", -1)) != rows:
-            log.warning("%s does not describe %s (%s layers / %s rows, dump %d / %d): accumulating the moments in the "
-                        "read", sidecar, dump_path, moments.n_layers, moments_meta.get("rows"), dump.n_layers, rows)
-            moments = None
-    suite = Suite(plan, dump.n_layers, metadata, moments=moments, device=device)
-    for read in range(suite.reads):
-        suite.begin_read(read)
-        desc = f"metrics {model}/{corpus}" + (f" read {read + 1}/{suite.reads}" if suite.reads > 1 else "")
-        for batch in tqdm(dump.batches(), total=dump.reader.num_record_batches, desc=desc, unit="batch",
-                          disable=not progress):
-            index = index_tensors(batch, device)
-            layers = [vector_tensor(batch.column(layer_column(layer)), device) for layer in range(dump.n_layers)]
-            suite.update(index, layers)
-    return suite.statistics()
+    """The suite's statistics of a dump: one read with the dump's moments file, else two when a metric needs the
+    moments first (see :func:`tokenuni.statistics.stream_dump`)."""
+    return stream_dump(dump_path, lambda n_layers, metadata, moments: Suite(plan, n_layers, metadata, moments=moments,
+                                                                            device=device),
+                       device=device, progress=progress, desc=f"metrics {model}/{corpus}")
 
 
 # -- derivations ---------------------------------------------------------------------------------------
@@ -450,18 +190,18 @@ def derive_metric(statistics: dict, name: str, options: dict, *, model: str, cor
     """Metric ``name``'s tidy table (every layer) from the statistics, with ``options`` (its full options)."""
     from tokenuni.metrics import TIDY_COLUMNS, make_metric, normalise_tidy
 
-    plan = _json_value(statistics["plan.json"])
+    plan = json_value(statistics["plan.json"])
     expected = pass_options(name, options)
     if plan["metrics"].get(name) != expected:
         raise StatisticsError(
             f"metric {name}: the statistics were computed with pass options {plan['metrics'].get(name)}, the job "
             f"asks for {expected}; rerun the metrics pass (tokenuni stats) for {model}/{corpus}")
-    metadata = _json_value(statistics["metadata.json"])
+    metadata = json_value(statistics["metadata.json"])
     n_layers = int(statistics["n_layers"])
     step = metadata.get("training_step") or None
     rows = []
     if f"rows/{name}.json" in statistics:
-        values = _json_value(statistics[f"rows/{name}.json"])
+        values = json_value(statistics[f"rows/{name}.json"])
     else:
         moments = LayerMoments.from_state_dict(statistics, n_layers, device)
         hidden_size = int(statistics["hidden_size"])
@@ -486,58 +226,5 @@ def metric_tables(dump_path, metrics: dict[str, dict], *, model: str, corpus: st
             for name, options in metrics.items() if options.get("enabled", True)}
 
 
-# -- files ---------------------------------------------------------------------------------------------
-
-def _json_array(value) -> np.ndarray:
-    return np.frombuffer(json.dumps(value, default=_json_default).encode(), dtype=np.uint8)
-
-
-def _json_default(value):
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return float(value)
-    raise TypeError(f"not JSON serialisable: {type(value)}")
-
-
-def _json_value(array) -> object:
-    return json.loads(bytes(np.asarray(array, dtype=np.uint8)).decode())
-
-
-def _save_npz(path, arrays: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, **arrays)
-
-
-def _load_npz(path) -> dict:
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return {key: data[key] for key in data.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as error:
-        raise StatisticsError(f"{path} is not a readable statistics file ({error}); delete it and rerun its job") from None
-
-
-def save_statistics(statistics: dict, path) -> None:
-    """Write the statistics (atomically) as one uncompressed ``.npz``."""
-    _save_npz(path, statistics)
-
-
-def load_statistics(path) -> dict:
-    """Read a statistics file (numpy arrays by name)."""
-    state = _load_npz(path)
-    if "plan.json" not in state:
-        raise StatisticsError(f"{path} is not a tokenuni statistics file (no plan); rerun its metrics pass")
-    return state
-
-
-def statistics_size(statistics: dict) -> int:
-    """Bytes of the arrays (what the file holds, headers aside)."""
-    return int(sum(np.asarray(v).nbytes for v in statistics.values()))
-
-
-__all__ = ["LayerMoments", "Suite", "StatisticsError", "collect_statistics", "derive_metric", "load_statistics",
-           "metric_tables", "moment_rows", "moments_path", "pass_plan", "pass_options", "save_statistics",
-           "sample_for_layer", "index_tensors"]
+__all__ = ["Suite", "StatisticsError", "collect_statistics", "derive_metric", "metric_tables", "pass_options",
+           "pass_plan"]
