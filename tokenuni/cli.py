@@ -92,7 +92,8 @@ def cmd_embed(args) -> None:
     dump, the embed stage feeds the metrics suite and writes its statistics (corpora larger than the disk)."""
     from tokenuni.devices import select_device
     from tokenuni.embed import embed_corpus
-    from tokenuni.metrics.suite import LayerMoments, Suite, moments_path, save_statistics
+    from tokenuni.metrics.suite import Suite
+    from tokenuni.statistics import LayerMoments, moments_path, save_statistics
 
     if (args.out is None) == (args.stats is None):
         raise SystemExit("tokenuni embed: give --out DUMP (a dump and its moments) or --stats FILE --plan JSON (no dump)")
@@ -128,7 +129,8 @@ def cmd_stats(args) -> None:
     import time
 
     from tokenuni.devices import select_device
-    from tokenuni.metrics.suite import collect_statistics, save_statistics, statistics_size
+    from tokenuni.metrics.suite import collect_statistics
+    from tokenuni.statistics import save_statistics, statistics_size
 
     _set_threads(args.threads)
     device = select_device(args.device)
@@ -160,7 +162,8 @@ def cmd_metric(args) -> None:
         raise SystemExit("tokenuni metric: give --stats FILE (derive from the suite's statistics) or --dump FILE")
     with _job_run(args, {"metric": {args.name: args.options}}) as run:
         if args.stats is not None:  # the one-pass suite: derive from its statistics (no read of the dump)
-            from tokenuni.metrics.suite import derive_metric, load_statistics
+            from tokenuni.metrics.suite import derive_metric
+            from tokenuni.statistics import load_statistics
 
             table = derive_metric(load_statistics(args.stats), args.name, args.options, model=args.model,
                                   corpus=args.corpus, device=device)
@@ -201,7 +204,7 @@ def cmd_projection(args) -> None:
         write_table(table, args.out)
         if run:
             run.set_tags({"tokenuni.device": str(device)})
-            run.log_input(args.dump, context="dump")
+            run.log_input(args.dump, context="stats" if str(args.dump).endswith(".npz") else "dump")
             if args.clusters_table:
                 run.log_input(args.clusters_table, context="clusters")
             per_layer = table.drop_duplicates("layer")
@@ -513,7 +516,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_metric)
 
     p = sub.add_parser("projection", help="project a seeded token sample on each layer's principal components")
-    p.add_argument("--dump", type=Path, required=True)
+    p.add_argument("--dump", type=Path, required=True,
+                   help="a dump (one read), or the metrics suite's statistics (.npz: no dump needed)")
     p.add_argument("--options", type=_json, default={},
                    help='{"layers": null, "sample_size": 5000, "seed": 0, "components": 3, "clusters": "mms"|k|null, ...}')
     p.add_argument("--clusters-table", type=Path, default=None,

@@ -84,6 +84,26 @@ def minilm_dump(workdir: Path, sentences: int, device: str = "cpu") -> Path:
     return out
 
 
+def model_dump(workdir: Path, sentences: int, spec: dict, label: str, device: str) -> Path:
+    """The study's WikiText sample embedded by ``spec`` with its moments file (cached)."""
+    from tokenuni.embed import embed_corpus
+    from tokenuni.statistics import LayerMoments, moments_path
+
+    out = workdir / f"{label}-wikitext-{sentences}.arrow"
+    if out.exists() and moments_path(out).exists():
+        return out
+    made = {}
+
+    def consumer(n_layers, hidden_size, metadata):
+        made["moments"] = LayerMoments(n_layers, device)
+        return made["moments"]
+
+    summary = embed_corpus(wikitext_corpus(workdir, sentences), spec, out, corpus_name="wikitext", device=device,
+                           progress=True, consumer=consumer)
+    made["moments"].save(moments_path(out), {"rows": summary["tokens"]})
+    return out
+
+
 def clock(fn, *args, **kwargs) -> tuple[float, object]:
     started = time.perf_counter()
     value = fn(*args, **kwargs)
