@@ -8,6 +8,7 @@ padding and the attention mask, a causal model's real tokens never see the paddi
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -319,7 +320,9 @@ def embed_corpus(corpus_path, model_spec: dict, out_path=None, *, corpus_name: s
     if empty:
         log.warning("%d of %d sentences are empty or whitespace-only (kept: drop_empty is off for this corpus); "
                     "they are embedded as special tokens only", empty, len(texts))
-    sink = consumer(n_layers, hidden_size, {**metadata, "dtype": precision, "n_layers": str(n_layers),
+    # the consumer sees the metadata a reader of the dump would (strings; JSON for structured values)
+    as_read = {key: value if isinstance(value, str) else json.dumps(value) for key, value in metadata.items()}
+    sink = consumer(n_layers, hidden_size, {**as_read, "dtype": precision, "n_layers": str(n_layers),
                                             "hidden_size": str(hidden_size)}) if consumer is not None else None
     reads = int(getattr(sink, "reads", 1)) if sink is not None else 1
 

@@ -392,8 +392,9 @@ def kmeans(x, k: int, *, n_init: int = 5, seed: int = 0, max_iter: int = 300, to
 
     Lloyd iterates until the labels stop changing or the centres move by ≤ ``tol`` × the mean
     per-dimension variance of x (scikit-learn's convention); an emptied cluster is re-seeded with the
-    point farthest from its centre. The restarts draw from generators seeded by (seed, *key, k, restart).
-    One call of :func:`kmeans_runs` (the batched implementation).
+    point farthest from its centre. The restarts draw from generators seeded by (seed, *key, k, restart); the
+    first restart of the lowest inertia wins (restarts within 1e-12 relative tie: two restarts that find the same
+    partition, numbered otherwise, differ only in rounding). One call of :func:`kmeans_runs` (batched).
     """
     return kmeans_runs(x, [(tuple(key), int(k))], n_init=n_init, seed=seed, max_iter=max_iter, tol=tol)[tuple(key), int(k)]
 
@@ -423,8 +424,9 @@ def kmeans_runs(x, runs, *, n_init: int = 5, seed: int = 0, max_iter: int = 300,
     seeds = _kmeans_plusplus_runs(centred, [k for _, k, _ in plan], generators, x_sq)
     finished = _lloyd_runs(centred, seeds, x_sq, max_iter, absolute_tol)
     best: dict = {}
-    for (key, k, _), result in zip(plan, finished):
-        if (key, k) not in best or result[2] < best[key, k][2]:
+    for (key, k, _), result in zip(plan, finished):  # the first restart of the lowest inertia; restarts that reach
+        # the same partition (numbered otherwise) tie to the last bits, so a later one must be lower by 1e-12 relative
+        if (key, k) not in best or result[2] < best[key, k][2] * (1.0 - 1e-12):
             best[key, k] = result
     return {run: (labels, centers + mean, inertia) for run, (labels, centers, inertia) in best.items()}
 
@@ -460,9 +462,10 @@ def _kmeans_plusplus_runs(x, ks: list[int], generators: list, x_sq) -> list:
 
 
 def _lloyd_runs(x, centers: list, x_sq, max_iter: int, tol: float) -> list:
-    """Lloyd's iterations of several runs (:func:`kmeans`'s rules), batched: per iteration one distance product and
-    one centre-sum product for all runs still moving, and the runs of equal k assigned, counted and compared as one
-    (runs, k) block. Returns (labels, centres, inertia) per run."""
+    """Lloyd's iterations of several runs (:func:`kmeans`'s rules), batched: per iteration one distance product for
+    all runs still moving, and the runs of equal k assigned, counted and compared as one (runs, k) block. The centre
+    sums come from one product with the stacked one-hot labels in the first iteration; after it, only the points
+    that changed cluster move their vector from one sum to the other. Returns (labels, centres, inertia) per run."""
     import torch
 
     n, device = x.shape[0], x.device
@@ -476,34 +479,52 @@ def _lloyd_runs(x, centers: list, x_sq, max_iter: int, tol: float) -> list:
         moving = [(k, g, torch.nonzero(g["active"]).flatten()) for k, g in state.items() if bool(g["active"].any())]
         if not moving:
             break
-        stacked = torch.cat([g["centers"][rows].reshape(-1, x.shape[1]) for _, g, rows in moving])
-        distances = squared_distances(x, stacked, x_sq)
-        onehot = torch.zeros_like(distances)
+        first = all(g["labels"] is None for _, g, _ in moving)  # every run of a group starts together
+        onehot = torch.zeros((n, sum(len(rows) * k for k, _, rows in moving)), dtype=x.dtype, device=device) \
+            if first else None
         offset, blocks = 0, []
         for k, g, rows in moving:
             width = len(rows) * k
-            block = distances[:, offset:offset + width].view(n, len(rows), k)
+            stacked = g["centers"][rows].reshape(-1, x.shape[1])
+            # ‖x − c‖² − ‖x‖² = ‖c‖² − 2 x·c: the same argmin (‖x‖² is the row's constant), one fused product per k
+            block = torch.addmm((stacked * stacked).sum(dim=1)[None, :], x, stacked.T, alpha=-2.0).view(n, len(rows), k)
             assigned = torch.argmin(block, dim=2)  # (n, R)
             counts = torch.bincount((torch.arange(len(rows), device=device) * k + assigned).flatten(),
                                     minlength=width).view(len(rows), k)
             for i in torch.nonzero((counts == 0).any(dim=1)).flatten().tolist():
                 # re-seed emptied clusters with the points farthest from their centres
                 empty = torch.nonzero(counts[i] == 0).flatten()
-                own = block[:, i, :].gather(1, assigned[:, i:i + 1])[:, 0]
+                own = (block[:, i, :].gather(1, assigned[:, i:i + 1])[:, 0] + x_sq).clamp_min(0.0)
                 far = torch.topk(own, min(len(empty), n)).indices
                 column = assigned[:, i].clone()
                 column[far] = empty[:len(far)]
                 assigned[:, i] = column
                 counts[i] = torch.bincount(column, minlength=k)
-            onehot[:, offset:offset + width].view(n, len(rows), k).scatter_(2, assigned[:, :, None], 1.0)
+            if onehot is not None:
+                onehot[:, offset:offset + width].view(n, len(rows), k).scatter_(2, assigned[:, :, None], 1.0)
             blocks.append((offset, width, assigned, counts))
             offset += width
-        sums = onehot.T @ x  # every moving run's centre sums at once
+        if onehot is not None:  # the first iteration: every run's centre sums by one product
+            sums = onehot.T @ x
+            for (k, g, rows), (offset, width, _, _) in zip(moving, blocks):
+                g["sums"] = sums[offset:offset + width].view(len(rows), k, -1).clone()
+        else:  # later ones: only the points that changed cluster move their vector between two sums
+            for (k, g, rows), (_, _, assigned, _) in zip(moving, blocks):
+                before, after = g["labels"][rows], assigned.T
+                run, point = torch.nonzero(before != after, as_tuple=True)
+                if len(run) > n // 2:  # many moved: one product is cheaper than the gathers
+                    onehot = torch.zeros((n, len(rows) * k), dtype=x.dtype, device=device)
+                    onehot.view(n, len(rows), k).scatter_(2, assigned[:, :, None], 1.0)
+                    g["sums"][rows] = (onehot.T @ x).view(len(rows), k, -1)
+                elif len(run):
+                    block = g["sums"][rows].view(len(rows) * k, -1)
+                    moved = x[point]
+                    block.index_add_(0, run * k + after[run, point], moved)
+                    block.index_add_(0, run * k + before[run, point], moved, alpha=-1.0)
+                    g["sums"][rows] = block.view(len(rows), k, -1)
         for (k, g, rows), (offset, width, assigned, counts) in zip(moving, blocks):
             old = g["centers"][rows]
-            new = torch.where(counts[:, :, None] > 0,
-                              sums[offset:offset + width].view(len(rows), k, -1) / counts.clamp_min(1)[:, :, None].to(x.dtype),
-                              old)
+            new = torch.where(counts[:, :, None] > 0, g["sums"][rows] / counts.clamp_min(1)[:, :, None].to(x.dtype), old)
             shift = ((new - old) ** 2).sum(dim=(1, 2))
             g["centers"][rows] = new
             labels = assigned.T  # (R, n)
