@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import MINILM
+
 from tokenuni.embed import embed_corpus
 from tokenuni.metrics import METRICS, compute_metric
 from tokenuni.metrics.suite import Suite, collect_statistics, derive_metric, pass_plan

@@ -35,7 +35,7 @@ def rewrite(source: Path, out: Path, precision: str, device: str) -> Path:
     import torch
 
     from tokenuni.statistics import LayerMoments, index_tensors, moments_path
-    from tokenuni.store import DumpWriter, INDEX_COLUMNS, layer_column, open_dump, vectors
+    from tokenuni.store import INDEX_COLUMNS, DumpWriter, layer_column, open_dump, vectors
 
     if out.exists() and moments_path(out).exists():
         return out

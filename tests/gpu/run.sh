@@ -9,8 +9,7 @@ SITE=/tmp/site; mkdir -p "$SITE"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$KIT"/whl/*.whl || exit 3
 cp -r "$KIT"/minilm/* "$SITE"/
 export PYTHONPATH="$SITE:$PWD" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MPLBACKEND=Agg
-export TOKENUNI_DATA=${TOKENUNI_DATA:-$PWD/shared/data}
-[ -d "$TOKENUNI_DATA" ] || export TOKENUNI_DATA=$PWD/../shared/data
+export TOKENUNI_DATA=${TOKENUNI_DATA:-$PWD/$KIT/data}
 { nvidia-smi; python3 -c "import torch, transformers; print(torch.__version__, transformers.__version__, torch.cuda.is_available())"; } > "$OUT/env.txt" 2>&1
 timeout 470 python3 tests/gpu/check.py --device cuda --out "$OUT" --before-dir "$KIT/before" "$@"
 echo "exit $?"
