@@ -24,7 +24,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import MINILM, REPO, Row, machine, model_dump, parser, print_table, resolve_device, write_json  # noqa: E402,I001
+from common import (REPO, Row, add_model_arguments, default_metric_options, machine, model_dump,  # noqa: E402,I001
+                    model_from_arguments, parser, print_table, resolve_device, write_json)
 
 TITLE = "metric suite: one read per dump"
 START_COMMIT = "49ad078"
@@ -75,8 +76,7 @@ def compare(before, after) -> float:
 
 def main() -> None:
     p = parser(TITLE, sentences=2000, repeats=1)
-    p.add_argument("--model-path", default=None, help="a local model folder (e.g. all-mpnet-base-v2) instead of MiniLM")
-    p.add_argument("--model-id", default="sentence-transformers/all-mpnet-base-v2")
+    add_model_arguments(p)
     p.add_argument("--before", default=START_COMMIT, help="the commit whose per-metric jobs are 'before'")
     p.add_argument("--before-dir", type=Path, default=None,
                    help="the before code as a folder holding tokenuni/ (no git there, e.g. the GPU machine's copy)")
@@ -88,23 +88,17 @@ def main() -> None:
         return
     import pandas as pd
 
-    from tokenuni.config import validate_config
     from tokenuni.metrics import METRICS
     from tokenuni.metrics.suite import collect_statistics, derive_metric, pass_plan
     from tokenuni.statistics import LayerMoments, index_tensors, save_statistics
     from tokenuni.store import layer_column, open_dump, vector_tensor
 
     args.workdir.mkdir(parents=True, exist_ok=True)
-    if args.model_path:
-        spec = {**MINILM, "id": args.model_id, "path": args.model_path, "batch_size": 64}
-        label = Path(args.model_path).name
-    else:
-        spec, label = {**MINILM, "batch_size": 64}, "minilm"
+    spec, label = model_from_arguments(args)
     dump = model_dump(args.workdir, args.sentences, spec, label, device)
     opened = open_dump(dump)
     tokens, n_layers = opened.num_rows, opened.n_layers
-    config = validate_config({"models": {"m": {"id": "m"}}, "corpora": {"c": {"mirror": {"format": "lines", "files": ["x"]}}}})
-    options = {name: config["metrics"][name] for name in METRICS}  # the defaults, as the study runs them
+    options = default_metric_options()  # the defaults, as the study runs them
     if args.quick:
         options["clusters"].update(sample_size=300, k_max=4, n_init=2, repeats=2)
         options["lid"].update(sample_size=300, k=10)

@@ -17,7 +17,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import MINILM, Row, machine, model_dump, parser, print_table, resolve_device, write_json  # noqa: E402,I001
+from common import (Row, add_model_arguments, default_metric_options, machine, model_dump,  # noqa: E402,I001
+                    model_from_arguments, parser, print_table, resolve_device, write_json)
 
 TITLE = "dump precision: metric deviation and disk"
 PRECISIONS = ("bfloat16", "float16")
@@ -86,26 +87,18 @@ def deviations(reference: dict, other: dict):
 
 def main() -> None:
     p = parser(TITLE, sentences=2000, repeats=1)
-    p.add_argument("--model-path", default=None, help="a local model folder (e.g. all-mpnet-base-v2) instead of MiniLM")
-    p.add_argument("--model-id", default="sentence-transformers/all-mpnet-base-v2")
+    add_model_arguments(p)
     args = p.parse_args()
     device = resolve_device(args.device, args.threads)
     if device is None:
         return
     import numpy as np
 
-    from tokenuni.config import validate_config
-    from tokenuni.metrics import METRICS
 
     args.workdir.mkdir(parents=True, exist_ok=True)
-    if args.model_path:
-        spec = {**MINILM, "id": args.model_id, "path": args.model_path, "batch_size": 64}
-        label = Path(args.model_path).name
-    else:
-        spec, label = {**MINILM, "batch_size": 64}, "minilm"
+    spec, label = model_from_arguments(args)
     reference_dump = model_dump(args.workdir, args.sentences, spec, label, device)
-    config = validate_config({"models": {"m": {"id": "m"}}, "corpora": {"c": {"mirror": {"format": "lines", "files": ["x"]}}}})
-    options = {name: config["metrics"][name] for name in METRICS}
+    options = default_metric_options()
     reference = suite_tables(reference_dump, options, device)
     rows, results = [Row("disk: float32", [reference_dump.stat().st_size / 2**20], "MiB")], {}
     for precision in PRECISIONS:
