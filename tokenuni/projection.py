@@ -138,7 +138,14 @@ def token_projection(dump_path, *, layers=None, sample_size: int = 5000, seed: i
     """
     import torch
 
-    from tokenuni.metrics.suite import LayerMoments, _json_value, collect_statistics, load_statistics, sample_for_layer
+    from tokenuni.statistics import (
+        LayerMoments,
+        StatisticsPass,
+        json_value,
+        load_statistics,
+        sample_for_layer,
+        stream_dump,
+    )
 
     if int(sample_size) < 1:
         raise ValueError(f"projection: sample_size must be at least 1, got {sample_size}")
@@ -157,12 +164,14 @@ def token_projection(dump_path, *, layers=None, sample_size: int = 5000, seed: i
         statistics, path = load_statistics(dump_path), Path(dump_path)
     else:  # a dump: one read for the moments and the sample
         path = Path(dump_path)
-        statistics = collect_statistics(path, {"metrics": {}, "samples": {key: int(sample_size)}}, device=device,
-                                        progress=progress, model=model or "", corpus=corpus or "")
+        plan = {"samples": {key: int(sample_size)}}
+        statistics = stream_dump(path, lambda n_layers, metadata, moments: StatisticsPass(
+            plan, n_layers, metadata, moments=moments, device=device), device=device, progress=progress,
+            desc=f"projection {model or ''}/{corpus or ''}")
     if f"sample/{key}/size" not in statistics or int(statistics[f"sample/{key}/size"]) < int(sample_size):
         raise DumpError(f"{path}: holds no token sample of seed {seed} ({token_set} tokens) with {sample_size} tokens; "
                         "rerun its metrics pass with the projection's options")
-    meta = _json_value(statistics["metadata.json"])
+    meta = json_value(statistics["metadata.json"])
     n_layers, hidden_size = int(statistics["n_layers"]), int(statistics["hidden_size"])
     model = model or meta.get("model_id", path.parent.name)
     corpus = corpus or meta.get("corpus", path.stem)

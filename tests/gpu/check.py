@@ -192,7 +192,7 @@ def main() -> None:
             python, "tests/benchmarks/metric_suite.py", "--device", device, "--sentences", "40" if tiny else "2000",
             "--model-path", minilm["path"], "--model-id", minilm["id"], "--workdir", str(bench),
             *(["--quick"] if tiny else []), *(["--before-dir", str(args.before_dir)] if args.before_dir else []),
-            "--json-out", str(args.out / "bench_metric_suite.json")], t), 120 if tiny else 150)
+            "--json-out", str(args.out / "bench_metric_suite.json")], t), 300 if tiny else 150)
     if "bench_dump" not in skip and not tiny:
         check.step("bench_dump", lambda t: check.command("bench_dump", [
             python, "tests/benchmarks/dump_overhead.py", "--device", device, "--sentences", "2000", "--repeats", "3",
