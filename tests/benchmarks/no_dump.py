@@ -91,7 +91,7 @@ def main() -> None:
     sizes = [int(float(t)) for t in args.tokens.split(",")]
     rows, results = [], []
     for tokens in sizes:
-        corpus = repeated_corpus(args.workdir, tokens, tokens_per_sentence=96.7)  # WikiText-2 lines, MiniLM, max 128
+        corpus = repeated_corpus(args.workdir, tokens, tokens_per_sentence=33.4)  # WikiText-2 valid+test lines (empty ones dropped), MiniLM
         stats = args.workdir / f"no-dump-{tokens}.npz"
         record = args.workdir / f"no-dump-{tokens}.json"
         command = [sys.executable, "-m", "tokenuni", "embed", "--corpus", str(corpus), "--corpus-name", "wikitext",
@@ -112,12 +112,11 @@ def main() -> None:
         seconds = time.perf_counter() - started
         if child.returncode:
             raise SystemExit(f"embed --stats failed for {tokens} tokens:\n{stderr[-3000:]}")
-        summary = json.loads(record.read_text())
-        real = int(summary.get("metrics", {}).get("tokens", tokens))
-        layers, hidden = int(summary["metrics"]["layers"]), int(summary["metrics"]["hidden_size"])
+        logged = {entry["key"]: entry["value"] for entry in json.loads(record.read_text())["metrics"]}
+        real, layers, hidden = int(logged["tokens"]), int(logged["layers"]), int(logged["hidden_size"])
         result = {"tokens": real, "seconds": seconds, "peak_rss_gib": peak["rss"] / 2**30,
                   "stats_mib": stats.stat().st_size / 2**20, "dump_float32_gib": real * layers * hidden * 4 / 2**30,
-                  "forward_passes": summary["metrics"].get("forward_passes")}
+                  "forward_passes": int(logged.get("forward_passes", 0))}
         results.append(result)
         print(json.dumps(result), flush=True)
         rows.append(Row(f"{real:,} tokens: seconds", [seconds], "s",

@@ -125,7 +125,7 @@ def repeated_corpus(work: Path, tokens: int) -> Path:
     if not base.exists():
         import_corpus(WIKITEXT_ALL, os.environ["TOKENUNI_DATA"], base)
     table = read_corpus(base)
-    sentences = max(2, int(round(tokens / 96.7)))
+    sentences = max(2, int(round(tokens / 33.4)))  # tokens per WikiText-2 line (bert-base-uncased tokenizer)
     copies = -(-sentences // table.num_rows)
     shift = int(table["sentence_id"].to_numpy().max()) + 1
     column = table.schema.get_field_index("sentence_id")
