@@ -357,36 +357,6 @@ def kmeans_plusplus(x, k: int, generator, x_sq=None):
     return x[chosen].clone()
 
 
-def _lloyd(x, centers, x_sq, max_iter: int, tol: float):
-    import torch
-
-    k = centers.shape[0]
-    labels = None
-    for _ in range(max_iter):
-        distances = squared_distances(x, centers, x_sq)
-        new_labels = torch.argmin(distances, dim=1)
-        counts = torch.bincount(new_labels, minlength=k)
-        empty = torch.nonzero(counts == 0).flatten()
-        if len(empty):  # re-seed emptied clusters with the points farthest from their centres
-            own = distances.gather(1, new_labels[:, None])[:, 0]
-            far = torch.topk(own, min(len(empty), x.shape[0])).indices
-            new_labels = new_labels.clone()
-            new_labels[far] = empty[:len(far)]
-            counts = torch.bincount(new_labels, minlength=k)
-        sums = torch.zeros_like(centers).index_add_(0, new_labels, x)
-        new_centers = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None].to(x.dtype), centers)
-        shift = float(((new_centers - centers) ** 2).sum())
-        centers = new_centers
-        converged = labels is not None and bool(torch.equal(labels, new_labels))
-        labels = new_labels
-        if converged or shift <= tol:
-            break
-    distances = squared_distances(x, centers, x_sq)
-    labels = torch.argmin(distances, dim=1)
-    inertia = float(distances.gather(1, labels[:, None]).sum())
-    return labels, centers, inertia
-
-
 def kmeans(x, k: int, *, n_init: int = 5, seed: int = 0, max_iter: int = 300, tol: float = 1e-4, key=()):
     """Best of ``n_init`` seeded k-means++ / Lloyd runs: (labels, centres, inertia), float64 on x's device.
 

@@ -91,7 +91,7 @@ def main() -> None:
     sizes = [int(float(t)) for t in args.tokens.split(",")]
     rows, results = [], []
     for tokens in sizes:
-        corpus = repeated_corpus(args.workdir, tokens, tokens_per_sentence=33.4)  # WikiText-2 valid+test lines (empty ones dropped), MiniLM
+        corpus = repeated_corpus(args.workdir, tokens, tokens_per_sentence=33.4)  # MiniLM tokens per WikiText-2 line
         stats = args.workdir / f"no-dump-{tokens}.npz"
         record = args.workdir / f"no-dump-{tokens}.json"
         command = [sys.executable, "-m", "tokenuni", "embed", "--corpus", str(corpus), "--corpus-name", "wikitext",
