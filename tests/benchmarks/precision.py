@@ -88,6 +88,7 @@ def deviations(reference: dict, other: dict):
 def main() -> None:
     p = parser(TITLE, sentences=2000, repeats=1)
     add_model_arguments(p)
+    p.add_argument("--quick", action="store_true", help="small samples for the sampled metrics (a quick look)")
     args = p.parse_args()
     device = resolve_device(args.device, args.threads)
     if device is None:
@@ -99,6 +100,10 @@ def main() -> None:
     spec, label = model_from_arguments(args)
     reference_dump = model_dump(args.workdir, args.sentences, spec, label, device)
     options = default_metric_options()
+    if args.quick:
+        options["clusters"].update(sample_size=1000, n_init=2, repeats=2)
+        options["lid"].update(sample_size=1000)
+        options["alignment_uniformity"].update(sample_size=1000)
     reference = suite_tables(reference_dump, options, device)
     rows, results = [Row("disk: float32", [reference_dump.stat().st_size / 2**20], "MiB")], {}
     for precision in PRECISIONS:
