@@ -64,11 +64,13 @@ def _set_threads(threads: int | None) -> None:
 # -- stages ----------------------------------------------------------------------------------------
 def cmd_check(args) -> None:
     from tokenuni.config import data_mirror, load_config
+    from tokenuni.families import require_supported_families
     from tokenuni.sources import require_sources
 
     config = load_config(args.configfile)
     require_sources(config, data_mirror(config), probe_hub=not args.no_hub_probe)
-    print(f"{args.configfile}: every model and corpus resolves")
+    require_supported_families(config)
+    print(f"{args.configfile}: every model and corpus resolves, and every local model's family is supported")
 
 
 def cmd_corpus(args) -> None:
