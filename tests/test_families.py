@@ -19,13 +19,19 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import MINILM, REPO
 
-from tokenuni.families import (FAMILIES, FamilyError, family_of, family_problems, final_norm_site, max_positions,
-                               module_at)
+from tokenuni.families import (
+    FAMILIES,
+    FamilyError,
+    family_of,
+    family_problems,
+    final_norm_site,
+    max_positions,
+    module_at,
+)
 from tokenuni.store import layer_column, open_dump, vectors
 from tokenuni.tiny_models import TINY_FAMILIES, build_tiny_model, training_texts
-
-from conftest import MINILM, REPO
 
 torch.set_num_threads(1)
 
@@ -279,9 +285,10 @@ def test_every_variant_kind_trains_a_step(tiny, name):
 
 # -- refusals and checks -------------------------------------------------------------------------------
 def test_t5_is_refused_before_its_weights_load(tiny, tmp_path):
+    from transformers import AutoModel
+
     from tokenuni.embed import embed_corpus
     from tokenuni.finetune import GlueModel
-    from transformers import AutoModel
 
     with pytest.raises(FamilyError, match=r"model tiny-random/t5: model_type 't5' is an encoder-decoder model"):
         embed_corpus(corpus_of(tmp_path / "c.parquet", TEXTS), spec_of(tiny, "t5"), tmp_path / "d.arrow",

@@ -50,7 +50,9 @@ def dev_geometry(model, tokenizer, texts_a, texts_b, *, metrics: list[str], mode
                 layers = [h[mask].float().cpu().numpy() for h in output.hidden_states]
                 if writer is None:
                     writer = DumpWriter(path, n_layers=len(layers), hidden_size=layers[0].shape[1],
-                                        metadata={"model_id": model_key, "corpus": f"{task}-dev", "layernorm": []})
+                                        metadata={"model_id": model_key, "corpus": f"{task}-dev", "layernorm": [],
+                                                  "family": model.family.name,
+                                                  "is_decoder": str(model.family.causal).lower()})
                 lengths = [len(ids[i]) for i in chunk]
                 writer.write({
                     "sentence_id": np.repeat(np.asarray(chunk), lengths),
