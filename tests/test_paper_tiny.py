@@ -93,7 +93,7 @@ def test_sts_for_every_model_pooling_and_transform(study):
     table = pd.read_parquet(results / "tables" / "sts.parquet")
     expected = {(m, p, t, d) for m in MODELS for p in config["sts"]["poolings"] for t in config["sts"]["transforms"]
                 for d in config["sts"]["datasets"]}
-    assert expected <= set(zip(table.model, table.pooling, table.transform, table.dataset))
+    assert expected <= set(zip(table["model"], table["pooling"], table["transform"], table["dataset"]))
     assert table.spearman.notna().all()
     assert (results / "tables" / "sts_summary.md").stat().st_size > 0
 
