@@ -1,6 +1,6 @@
 """Every model family through every stage, on small random-init models (tokenuni.families, tokenuni.tiny_models).
 
-For BERT, ALBERT, RoBERTa, DistilBERT, GPT-2, MPNet, Llama and Qwen2: the dump equals a direct
+For BERT, ALBERT, RoBERTa, DistilBERT, GPT-2, MPNet, Llama, Mistral and Qwen2: the dump equals a direct
 forward pass of each sentence alone (layer 0 = the embedding output), special tokens are flagged as
 the family's tokenizer adds them, ``cls`` pooling reads the family's sentence token (a decoder's last
 real token, the same under left and right padding, in sentence pooling and in the fine-tuning head),
@@ -38,7 +38,8 @@ torch.set_num_threads(1)
 RUNNABLE = [name for name in TINY_FAMILIES if name != "t5"]
 #: (first token special, last token special) as each tiny tokenizer adds them around one sentence
 ADDED = {"bert": (True, True), "albert": (True, True), "roberta": (True, True), "distilbert": (True, True),
-         "mpnet": (True, True), "gpt2": (False, False), "llama": (True, False), "qwen2": (False, False)}
+         "mpnet": (True, True), "gpt2": (False, False), "llama": (True, False), "mistral": (True, False),
+         "qwen2": (False, False)}
 TEXTS = ["The cat sat on the mat.", "A man is playing a guitar on the street tonight.", "Rain.",
          "Two dogs run through a field of tall grass near the river bank.", "She reads."]
 

