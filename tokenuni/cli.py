@@ -64,11 +64,13 @@ def _set_threads(threads: int | None) -> None:
 # -- stages ----------------------------------------------------------------------------------------
 def cmd_check(args) -> None:
     from tokenuni.config import data_mirror, load_config
+    from tokenuni.families import require_supported_families
     from tokenuni.sources import require_sources
 
     config = load_config(args.configfile)
     require_sources(config, data_mirror(config), probe_hub=not args.no_hub_probe)
-    print(f"{args.configfile}: every model and corpus resolves")
+    require_supported_families(config)
+    print(f"{args.configfile}: every model and corpus resolves, and every local model's family is supported")
 
 
 def cmd_corpus(args) -> None:
@@ -406,6 +408,19 @@ def cmd_report(args) -> None:
           f"{summary['runs']} of {summary['records']} jobs with an MLflow run)")
 
 
+def cmd_tiny_models(args) -> None:
+    from tokenuni.config import data_mirror
+    from tokenuni.tiny_models import build_tiny_models, training_texts
+
+    mirror = args.mirror or data_mirror({})
+    if not mirror:
+        raise ValueError("tiny-models trains its tokenizers on WikiText-2 from the data mirror: set TOKENUNI_DATA "
+                         "or pass --mirror")
+    built = build_tiny_models(args.out, training_texts(mirror), args.families.split(","), seed=args.seed)
+    for family, path in built.items():
+        print(f"{family}: {path}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tokenuni", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -581,6 +596,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sync", type=Path, default=None, help="MLflow sync output (default: <results>/mlflow/sync.json)")
     p.add_argument("--captions", type=Path, default=None, help="figure captions (default: workflow/report)")
     p.set_defaults(func=cmd_report)
+
+    from tokenuni.tiny_models import PAPER_FAMILIES, TINY_FAMILIES
+
+    p = sub.add_parser("tiny-models", help="save small random-init models of each family (config/paper-tiny.yaml)")
+    p.add_argument("--out", type=Path, required=True, help="folder; each model goes to <out>/<family>")
+    p.add_argument("--families", default=",".join(PAPER_FAMILIES), help=f"comma-separated, of {', '.join(TINY_FAMILIES)}")
+    p.add_argument("--mirror", default=None, help="data mirror with wikitext-2/ (default: $TOKENUNI_DATA)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_tiny_models)
     return parser
 
 

@@ -205,8 +205,12 @@ def corpus_mirror_files(wildcards):
 
 
 def check_sources_before_start():
-    """Fail before any job starts, with one message listing every unresolvable model or corpus."""
+    """Fail before any job starts, with one message listing every unresolvable model or corpus, then one
+    listing every model whose architecture tokenuni does not run (tokenuni.families)."""
+    from tokenuni.families import FamilyError, require_supported_families
+
     try:
         require_sources(config, MIRROR, probe_hub=True)
-    except SourceError as error:
+        require_supported_families(config)
+    except (SourceError, FamilyError) as error:
         raise WorkflowError(str(error)) from None
