@@ -6,13 +6,15 @@ import re
 
 from snakemake.exceptions import WorkflowError
 
-from tokenuni.config import ConfigError, data_mirror, enabled_metrics, model_specs, validate_config
+from tokenuni.config import ConfigError, data_mirror, enabled_metrics, load_yaml, model_specs, validate_config
 from tokenuni.gpu_lease import gpu_devices
 from tokenuni.metrics import METRICS
 from tokenuni.sources import SourceError, mirror_files, corpus_uses_mirror, require_sources
 from tokenuni.tracking import resolve_tracking_uri
 
 try:
+    for _configfile in workflow.configfiles:  # Snakemake's loader keeps the last of two equal keys: refuse them
+        load_yaml(_configfile)
     validate_config(config)
 except ConfigError as error:
     raise WorkflowError(str(error)) from None
@@ -39,12 +41,6 @@ FINETUNE = config["finetune"] if config["finetune"]["enabled"] and config["finet
 FT_TASKS = FINETUNE["tasks"] if FINETUNE else []
 FT_VARIANTS = list(FINETUNE["variants"]) if FINETUNE else []
 FT_SEEDS = [str(seed) for seed in FINETUNE["seeds"]] if FINETUNE else []
-_unknown = sorted(set(SENTENCE_CORPORA) - set(CORPORA))
-if _unknown:
-    raise WorkflowError(
-        f"sts names corpora that are not in the config's corpora section: {', '.join(_unknown)} "
-        "(sts.datasets and sts.transforms.<name>.fit_on take corpus keys, or fit_on: pool)"
-    )
 METRIC_NAMES = enabled_metrics(config)
 # rows drawn as "<row>_by_layer" figures, each with the metric (job) that produces it
 BY_LAYER_FIGURES = {
