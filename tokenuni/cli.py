@@ -79,7 +79,8 @@ def cmd_corpus(args) -> None:
         if run:
             run.log_params({"source": summary.get("source")})
             run.log_metrics({"rows": summary["rows_after"], "rows_before_sampling": summary["rows_before"],
-                             "rows_dropped_empty": summary["rows_dropped_empty"]})
+                             "rows_dropped_empty": summary["rows_dropped_empty"],
+                             **{f"rows_skipped.{reason}": n for reason, n in summary["rows_skipped"].items()}})
             run.set_tags({"tokenuni.corpus_source": summary.get("source")})
             for item in summary.get("files", []):
                 run.log_input(item["path"], context="mirror")
@@ -224,7 +225,9 @@ def cmd_figure(args) -> None:
             figures.plot_finetune_scores(table, *out)
         elif args.kind == "finetune-isotropy":
             if args.geometry is None:
-                raise ValueError("figure finetune-isotropy needs --geometry (the fine-tuning geometry table)")
+                from tokenuni.errors import TokenuniError
+
+                raise TokenuniError("figure finetune-isotropy needs --geometry (the fine-tuning geometry table)")
             figures.plot_isotropy_vs_score(table, read_table(args.geometry), *out)
         elif args.kind == "checkpoints":
             figures.plot_metrics_by_step(table, *out)
@@ -590,10 +593,12 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for noisy in ("urllib3", "filelock", "httpx", "alembic", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    from tokenuni.errors import TokenuniError
+
     try:
         with _gpu_lease(args):
             args.func(args)
-    except (ValueError, RuntimeError, OSError, KeyError, TimeoutError) as error:  # OSError: missing file, full disk
+    except TokenuniError as error:  # a user error: its message says what and how to fix it; anything else is a bug
         log.error("%s", error)
         if args.verbose:
             raise

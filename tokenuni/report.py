@@ -616,7 +616,10 @@ def build_report(results_dir, config, out_html, *, run_records_dir=None, sync_fi
 
     results = Path(results_dir)
     if not results.is_dir():
-        raise FileNotFoundError(f"report: results folder {results} does not exist")
+        from tokenuni.errors import TokenuniError
+
+        raise TokenuniError(f"report: results folder {results} does not exist; run the study first, or pass its "
+                            "results folder with --results")
     out_html = Path(out_html)
     text, parsed, config_note = _read_config(config)
     study = Study(results=results, config_text=text, config=parsed, config_note=config_note)

@@ -54,8 +54,13 @@ from pathlib import Path
 from typing import Iterable
 
 from tokenuni.config import digest
+from tokenuni.errors import TokenuniError
 
 log = logging.getLogger(__name__)
+
+class TrackingError(TokenuniError, ValueError):
+    """A run record or MLflow store the sync cannot use; the message says what to do."""
+
 
 #: files above this size are digested by their first and last 64 MiB plus their size (marked "sampled:")
 FULL_DIGEST_LIMIT = 2 << 30
@@ -382,7 +387,8 @@ def read_record(path: str | Path) -> dict:
     with open(path, encoding="utf-8") as handle:
         record = json.load(handle)
     if "record_id" not in record or "job_key" not in record:
-        raise ValueError(f"{path} is not a tokenuni run record")
+        raise TrackingError(f"{path} is not a tokenuni run record (it lacks record_id / job_key); pass only the "
+                            "JSON files a job wrote under results/runs/")
     for part in ("params", "tags"):  # a record written by hand or by an older version: no secrets into MLflow
         record[part] = redact(record.get(part) or {})
     return record

@@ -43,14 +43,14 @@ def evaluate_transform(sentence_files: dict[str, Path], datasets: list[str], *, 
     """Fit (per dataset or once), apply, correlate; returns the tidy score and geometry tables."""
     from tokenuni.metrics import metric_on_matrix
     from tokenuni.sentences import read_sentences, sentences_metadata
-    from tokenuni.sts import check_pair_count, pair_cosines, sts_correlations, sts_dataset_key
+    from tokenuni.sts import STSError, check_pair_count, pair_cosines, sts_correlations, sts_dataset_key
     from tokenuni.transforms import make_transform
 
     kind, params = transform_spec["type"], dict(transform_spec.get("params") or {})
     fit_on = transform_spec.get("fit_on", "pool")
     missing = [d for d in datasets + ([fit_on] if fit_on != "pool" else []) if d not in sentence_files]
     if missing:
-        raise ValueError(f"transform {transform_name}: no sentence embeddings for {', '.join(missing)}")
+        raise STSError(f"transform {transform_name}: no sentence embeddings for {', '.join(missing)}")
     shared = None
     if fit_on != "pool":
         _, fit_vectors = read_sentences(sentence_files[fit_on], pooling)

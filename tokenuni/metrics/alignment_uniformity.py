@@ -32,7 +32,7 @@ import math
 
 import numpy as np
 
-from tokenuni.metrics.base import Metric, MetricValue, ReservoirSample, TokenBatch, unit_rows
+from tokenuni.metrics.base import Metric, MetricError, MetricValue, ReservoirSample, TokenBatch, unit_rows
 
 
 def bootstrap_weights(m: int, resamples: int, seed: int) -> np.ndarray:
@@ -82,7 +82,7 @@ class AlignmentUniformity(Metric):
                  chunk_size: int = 512, **options):
         super().__init__(device, **options)
         if float(t) < 0:
-            raise ValueError("alignment_uniformity: t must be >= 0")
+            raise MetricError("alignment_uniformity: t must be >= 0")
         self.t = float(t)
         self.sample_size = int(sample_size)
         self.seed = int(seed)

@@ -26,7 +26,12 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from tokenuni.errors import TokenuniError
 from tokenuni.store import vectors
+
+
+class MetricError(TokenuniError, ValueError):
+    """A metric asked for with options it cannot take, or fed a dump it cannot use."""
 
 
 @dataclass
@@ -142,7 +147,7 @@ class Metric(ABC):
             model = self.metadata.get("model_id") or "?"
             layer = "?" if self.layer is None else self.layer
             first = int(batch.sentence_id[bad][0])
-            raise ValueError(
+            raise MetricError(
                 f"metric {self.name}: model {model}, layer {layer} holds NaN or Inf vectors ({int(bad.sum())} "
                 f"token(s), first in sentence_id {first}); the dump is damaged or the model overflowed: "
                 "delete the dump and rerun the embed step (in float32 if it was float16)")

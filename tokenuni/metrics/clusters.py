@@ -64,7 +64,7 @@ import math
 
 import numpy as np
 
-from tokenuni.metrics.base import Metric, MetricValue, ReservoirSample, TokenBatch, unit_rows
+from tokenuni.metrics.base import Metric, MetricError, MetricValue, ReservoirSample, TokenBatch, unit_rows
 
 #: elements of one chunk of the pairwise distance matrix (8 Mi float64 = 64 MiB)
 _DISTANCE_CHUNK_ELEMENTS = 1 << 23
@@ -276,13 +276,13 @@ class Clusters(Metric):
                  min_silhouette: float = 0.1, repeats: int = 3, **options):
         super().__init__(device, **options)
         if int(sample_size) < 2:
-            raise ValueError("sample_size must be at least 2")
+            raise MetricError("sample_size must be at least 2")
         if not 2 <= int(k_min) <= int(k_max):
-            raise ValueError(f"need 2 <= k_min <= k_max, got k_min={k_min}, k_max={k_max}")
+            raise MetricError(f"need 2 <= k_min <= k_max, got k_min={k_min}, k_max={k_max}")
         if int(n_init) < 1 or int(repeats) < 1 or int(max_iter) < 1:
-            raise ValueError("n_init, repeats and max_iter must be at least 1")
+            raise MetricError("n_init, repeats and max_iter must be at least 1")
         if silhouette_sample_size is not None and int(silhouette_sample_size) < 2:
-            raise ValueError("silhouette_sample_size must be at least 2 (or null: the whole sample)")
+            raise MetricError("silhouette_sample_size must be at least 2 (or null: the whole sample)")
         self.sample_size = int(sample_size)
         self.seed = int(seed)
         self.k_min, self.k_max = int(k_min), int(k_max)

@@ -48,7 +48,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from tokenuni.metrics.base import Metric, MetricValue, TokenBatch, mean_pairwise_cosine, token_hash, unit_rows
+from tokenuni.metrics.base import (
+    Metric,
+    MetricError,
+    MetricValue,
+    TokenBatch,
+    mean_pairwise_cosine,
+    token_hash,
+    unit_rows,
+)
 
 VARIANTS = ("uncentred", "centred")
 TYPE_SAMPLING = ("exact", "one_per_type")
@@ -65,11 +73,11 @@ class CosineFamily(Metric):
         self.variants = tuple(variants)
         unknown = set(self.variants) - set(VARIANTS)
         if not self.variants or unknown:
-            raise ValueError(f"cosine_family: variants must be a non-empty subset of {VARIANTS}, got {variants!r}")
+            raise MetricError(f"cosine_family: variants must be a non-empty subset of {VARIANTS}, got {variants!r}")
         if type_sampling not in TYPE_SAMPLING:
-            raise ValueError(f"cosine_family: type_sampling must be one of {TYPE_SAMPLING}, got {type_sampling!r}")
+            raise MetricError(f"cosine_family: type_sampling must be one of {TYPE_SAMPLING}, got {type_sampling!r}")
         if int(repeats) < 1:
-            raise ValueError("cosine_family: repeats must be >= 1")
+            raise MetricError("cosine_family: repeats must be >= 1")
         self.type_sampling = type_sampling
         self.seed = int(seed)
         self.repeats = int(repeats)

@@ -44,7 +44,7 @@ import math
 
 import numpy as np
 
-from tokenuni.metrics.base import GramSums, Metric, MetricValue, ReservoirSample, TokenBatch
+from tokenuni.metrics.base import GramSums, Metric, MetricError, MetricValue, ReservoirSample, TokenBatch
 
 
 def isoscore_torch(variances):
@@ -127,7 +127,7 @@ class IsoScoreMetric(Metric):
                  **options):
         super().__init__(device, **options)
         if not 0.0 <= float(zeta) <= 1.0:
-            raise ValueError(f"zeta must be in [0, 1], got {zeta}")
+            raise MetricError(f"zeta must be in [0, 1], got {zeta}")
         self.zeta = float(zeta)
         self.sample_size = int(sample_size)
         self.seed = int(seed)

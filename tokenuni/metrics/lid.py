@@ -54,7 +54,7 @@ import logging
 
 import numpy as np
 
-from tokenuni.metrics.base import Metric, MetricValue, ReservoirSample, TokenBatch
+from tokenuni.metrics.base import Metric, MetricError, MetricValue, ReservoirSample, TokenBatch
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ class LocalIntrinsicDimension(Metric):
                  squared_distances: bool = False, bootstrap: int = 100, chunk_size: int = 512, **options):
         super().__init__(device, **options)
         if int(k) < 2:
-            raise ValueError("lid: k must be at least 2")
+            raise MetricError("lid: k must be at least 2")
         self.k = int(k)
         self.sample_size = int(sample_size)
         self.seed = int(seed)

@@ -33,7 +33,7 @@ import math
 
 import numpy as np
 
-from tokenuni.metrics.base import Metric, MetricValue, TokenBatch
+from tokenuni.metrics.base import Metric, MetricError, MetricValue, TokenBatch
 
 
 class WordFrequency(Metric):
@@ -44,7 +44,7 @@ class WordFrequency(Metric):
     def __init__(self, device="cpu", log_frequency: bool = True, components: int = 3, **options):
         super().__init__(device, **options)
         if int(components) < 1:
-            raise ValueError("word_frequency: components must be >= 1")
+            raise MetricError("word_frequency: components must be >= 1")
         self.log_frequency = bool(log_frequency)
         self.components = int(components)
         self.count = 0
