@@ -63,12 +63,12 @@ def _set_threads(threads: int | None) -> None:
 
 # -- stages ----------------------------------------------------------------------------------------
 def cmd_check(args) -> None:
+    from tokenuni.check import require_study
     from tokenuni.config import data_mirror, load_config
-    from tokenuni.sources import require_sources
 
     config = load_config(args.configfile)
-    require_sources(config, data_mirror(config), probe_hub=not args.no_hub_probe)
-    print(f"{args.configfile}: every model and corpus resolves")
+    require_study(config, data_mirror(config), probe_hub=not args.no_hub_probe)
+    print(f"{args.configfile}: every model and corpus resolves; models, config references and corpora check out")
 
 
 def cmd_corpus(args) -> None:
@@ -125,8 +125,11 @@ def cmd_metric(args) -> None:
                 if pd.notna(row.spread):
                     run.log_metric(f"{key}.spread", row.spread, step=row.layer)
             sampled = table[table["sample_size"].notna()].drop_duplicates("metric")
-            run.log_params({f"sampling.{row.metric}": {"sample_size": int(row.sample_size),
-                                                       "seed": None if pd.isna(row.seed) else int(row.seed)}
+            run.log_params({f"sampling.{row.metric}": {"sample_size": int(row.sample_size),  # the size used
+                                                       "seed": None if pd.isna(row.seed) else int(row.seed),
+                                                       **({"requested": args.options["sample_size"]}
+                                                          if args.options.get("sample_size") not in (None, row.sample_size)
+                                                          else {})}
                             for row in sampled.itertuples()})
             run.log_artifact(args.out, "metrics")
     log.info("metric %s on %s/%s: %d rows -> %s", args.name, args.model, args.corpus, len(table), args.out)
@@ -272,7 +275,8 @@ def cmd_sts(args) -> None:
         write_table(geometry, args.geometry)
         if run:
             run.log_params({"fit_on": args.transform.get("fit_on", "pool"), "transform_type": args.transform["type"],
-                            "fitted_on": sorted(set(scores["fit_on"]))})
+                            "fitted_on": sorted(set(scores["fit_on"])),
+                            "fitted": dict(zip(scores["dataset"], scores["fitted"]))})  # the values used
             for row in scores[scores["protocol"].isin(["all", "mean_over_subsets", "concatenated"])].itertuples():
                 suffix = "" if row.protocol == "all" else f".{row.protocol}"
                 run.log_metrics({f"spearman.{row.dataset}{suffix}": row.spearman,
@@ -414,7 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("check", help="check that every model and corpus of a config resolves")
+    p = sub.add_parser("check", help="check a study before its first job: sources, models (config, tokenizer, "
+                                     "weight headers), config references, every corpus through its reader")
     p.add_argument("configfile", type=Path)
     p.add_argument("--no-hub-probe", action="store_true", help="treat the hub as reachable")
     p.set_defaults(func=cmd_check)

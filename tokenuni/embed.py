@@ -94,6 +94,13 @@ def load_model(spec: dict, device, source: ModelSource | None = None):
             dtype=getattr(torch, TORCH_DTYPES[spec.get("dtype", "float32")]),
             use_safetensors=None if spec.get("allow_pickle_weights") else True,
         )
+    except RuntimeError as error:
+        if "mismatch" not in str(error):
+            raise
+        raise SourceError(f"model {spec['id']}: the weights in {source.describe()} do not have the shapes its "
+                          "config.json implies (transformers' load report above lists them); the weights belong to "
+                          "another configuration: put the config.json saved with these weights beside them "
+                          "(`tokenuni check` names every tensor that differs)") from error
     except OSError as error:
         safetensors = "" if spec.get("allow_pickle_weights") else (
             " (only *.safetensors weights are loaded unless `allow_pickle_weights: true`)")

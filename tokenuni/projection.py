@@ -196,6 +196,10 @@ def token_projection(dump_path, *, layers=None, sample_size: int = 5000, seed: i
         raise ProjectionError(f"{path}: components={components} exceeds the hidden size {dump.hidden_size}")
 
     rows, n_tokens = _sampled_rows(dump, int(sample_size), int(seed), bool(special_tokens), device)
+    if 1 < len(rows) < int(sample_size):  # every token is in the sample: record the size used, say so once
+        log.warning("projection %s/%s: sample_size %d lowered to %d, the number of tokens in the dump (special "
+                    "tokens %s); the table records %d", model, corpus, int(sample_size), len(rows),
+                    "included" if special_tokens else "excluded", len(rows))
     if n_tokens < 2:
         raise DumpError(f"{path}: {n_tokens} token(s) to project (special tokens "
                         f"{'included' if special_tokens else 'excluded'}); need at least 2")
@@ -273,7 +277,7 @@ def token_projection(dump_path, *, layers=None, sample_size: int = 5000, seed: i
             frame["cluster"] = pd.array([pd.NA] * len(rows), dtype="Int64")
             frame["cluster_k"] = pd.array([pd.NA] * len(rows), dtype="Int64")
         frame["seed"] = int(seed)
-        frame["sample_size"] = int(sample_size)
+        frame["sample_size"] = len(rows)  # the sample drawn: sample_size, or every token when there are fewer
         frames.append(frame)
         log.info("projection %s/%s layer %d: %d tokens, PC1-%d explain %s of the variance%s", model, corpus, layer,
                  gram.count, int(components),

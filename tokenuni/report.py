@@ -51,7 +51,7 @@ HEADLINE_METRICS = [
     "sentence_top_singular_fraction",
 ]
 #: by-layer figures that describe the computation rather than the geometry: shown last
-DIAGNOSTIC_ROWS = ["lid_k", "lid_duplicate_tokens", "sentence_spectrum_skipped"]
+DIAGNOSTIC_ROWS = ["lid_k", "lid_duplicate_tokens", "sentence_spectrum_skipped", "clusters_k_max"]
 #: per-(model, corpus) figures shown first, in this order; others follow by name
 PER_MODEL_ORDER = ["singular_value_cdf"]
 PROJECTION_WORDS = ("pca", "projection", "umap", "tsne", "scatter")

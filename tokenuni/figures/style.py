@@ -55,6 +55,7 @@ METRIC_LABELS = {
     "lid_std": "local intrinsic dimension (std across tokens)",
     "lid_median": "local intrinsic dimension (median)",
     "lid_k": "neighbours used for LID",
+    "clusters_k_max": "largest k tried (k-means)",
     "lid_duplicate_tokens": "duplicate vectors in the LID sample",
     "wang_isola_uniformity": "Wang–Isola uniformity log E exp(−2‖x̂−ŷ‖²)",
     "isoscore": "IsoScore",

@@ -54,7 +54,7 @@ import logging
 
 import numpy as np
 
-from tokenuni.metrics.base import Metric, MetricError, MetricValue, ReservoirSample, TokenBatch
+from tokenuni.metrics.base import Metric, MetricError, MetricValue, ReservoirSample, TokenBatch, used_sample_size
 
 log = logging.getLogger(__name__)
 
@@ -168,13 +168,14 @@ class LocalIntrinsicDimension(Metric):
         if result is None:
             return []
         lid, k, sampled, duplicates = result
+        sample_size = used_sample_size(self, self.sample, log)
         variant = "squared_distances" if self.squared_distances else ""
         statistics = (np.mean, np.std, np.median)
         spreads = bootstrap_std(lid, statistics, self.bootstrap, self.seed)
-        common = dict(n=len(lid), variant=variant, sample_size=self.sample_size, seed=self.seed)
+        common = dict(n=len(lid), variant=variant, sample_size=sample_size, seed=self.seed)
         rows = [MetricValue(name, float(statistic(lid)), spread=spread, **common)
                 for name, statistic, spread in zip(("lid_mean", "lid_std", "lid_median"), statistics, spreads)]
         rows.append(MetricValue("lid_k", float(k), **common))
         rows.append(MetricValue("lid_duplicate_tokens", float(duplicates), sampled,
-                                sample_size=self.sample_size, seed=self.seed))
+                                sample_size=sample_size, seed=self.seed))
         return rows
