@@ -11,7 +11,7 @@ from dataclasses import replace
 import pandas as pd
 
 from tokenuni.metrics.alignment_uniformity import AlignmentUniformity
-from tokenuni.metrics.base import Metric, MetricError, MetricValue, TokenBatch, as_tensor
+from tokenuni.metrics.base import Metric, MetricError, MetricValue, TokenBatch, as_tensor, new_job_warnings
 from tokenuni.metrics.clusters import Clusters
 from tokenuni.metrics.cosine_family import CosineFamily
 from tokenuni.metrics.isoscore import IsoScoreMetric
@@ -63,6 +63,7 @@ def compute_metric(dump_path, name: str | type[Metric], options: dict, *, model:
     from tokenuni.store import layer_column, open_dump
 
     dump = open_dump(dump_path)
+    new_job_warnings()  # an option lowered for every layer is said once per job
     layers = list(range(dump.n_layers))
     accumulators = {layer: make_metric(name, options, device).bind(layer, dump.metadata) for layer in layers}
     label = accumulators[0].name

@@ -37,6 +37,11 @@ class MetricError(TokenuniError, ValueError):
 _WARNED: set = set()
 
 
+def new_job_warnings() -> None:
+    """Forget the warnings :func:`warn_once` gave: a new job (one metric over one dump) starts."""
+    _WARNED.clear()
+
+
 def warn_once(logger, key: tuple, message: str, *args) -> None:
     """Log ``message`` as a warning the first time ``key`` comes up in this process: a job runs one accumulator
     per layer, and an option lowered to what the data allows (the same sample in every layer) is said once."""
