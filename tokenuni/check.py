@@ -122,19 +122,25 @@ def _weight_files(folder: Path) -> tuple[list[Path], list[str]]:
     return sorted(folder.glob("*.safetensors")), []
 
 
-def _expected_shapes(folder: Path, spec: dict) -> tuple[dict[str, tuple[int, ...]], set[str], str] | str:
+def _expected_shapes(hf_config: dict) -> tuple[dict[str, tuple[int, ...]], set[str], str] | str:
     """Parameter shapes of the architecture ``config.json`` describes, built by transformers on the ``meta``
-    device (no memory, no weights): (state-dict shapes, parameter names, base_model_prefix), or a problem."""
+    device (no memory, no weights, no code from the model's folder): (state-dict shapes, parameter names,
+    base_model_prefix), or a problem."""
     import torch
+    import transformers
     from transformers import AutoConfig, AutoModel
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
+    model_type = hf_config.get("model_type")
+    if model_type not in CONFIG_MAPPING:
+        return (f"config.json's model_type {model_type!r} is not an architecture transformers "
+                f"{transformers.__version__} knows, so the embed stage cannot build it")
     try:
-        hf_config = AutoConfig.from_pretrained(folder, trust_remote_code=bool(spec.get("trust_remote_code")))
+        options = {k: v for k, v in hf_config.items() if k != "model_type"}
+        config = AutoConfig.for_model(hf_config.get("model_type") or "", **options)
         with torch.device("meta"):
-            model = AutoModel.from_config(hf_config, trust_remote_code=bool(spec.get("trust_remote_code")))
+            model = AutoModel.from_config(config)
     except (ValueError, KeyError, OSError, ImportError, AttributeError, TypeError) as error:
-        import transformers
-
         return (f"transformers {transformers.__version__} cannot build this architecture from config.json "
                 f"({type(error).__name__}: {str(error).splitlines()[0][:300]})")
     shapes = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
@@ -225,8 +231,8 @@ def model_facts(key: str, spec: dict, folder: Path) -> tuple[ModelFacts | None, 
                             "save the weights again")
             continue
         facts.shapes.update({name: tuple(entry["shape"]) for name, entry in header.items()})
-    if facts.shapes and not problems:
-        expected = _expected_shapes(folder, spec)
+    if facts.shapes and not problems and not spec.get("trust_remote_code"):  # a check never runs a model's code
+        expected = _expected_shapes(hf_config)
         if isinstance(expected, str):
             problems.append(f"{where}: {expected}; use a model of an architecture the installed transformers knows, "
                             "or upgrade transformers")
