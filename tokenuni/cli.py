@@ -128,8 +128,8 @@ def cmd_metric(args) -> None:
             run.log_params({f"sampling.{row.metric}": {"sample_size": int(row.sample_size),  # the size used
                                                        "seed": None if pd.isna(row.seed) else int(row.seed),
                                                        **({"requested": args.options["sample_size"]}
-                                                          if args.options.get("sample_size") not in (None, row.sample_size)
-                                                          else {})}
+                                                          if args.options.get("sample_size")
+                                                          not in (None, row.sample_size) else {})}
                             for row in sampled.itertuples()})
             run.log_artifact(args.out, "metrics")
     log.info("metric %s on %s/%s: %d rows -> %s", args.name, args.model, args.corpus, len(table), args.out)

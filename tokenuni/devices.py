@@ -20,6 +20,6 @@ def select_device(requested: str = "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(requested)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise DeviceError(f"device {requested!r} requested but CUDA is not available on this machine; use --device auto "
-                          "or cpu")
+        raise DeviceError(f"device {requested!r} requested but CUDA is not available on this machine; "
+                          "use --device auto or cpu")
     return device

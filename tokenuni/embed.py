@@ -240,7 +240,7 @@ def embed_corpus(corpus_path, model_spec: dict, out_path, *, corpus_name: str = 
     lengths = [len(ids) for ids in input_ids]
     if 0 in lengths:
         raise CorpusError(f"corpus {corpus_path}: sentence_id {int(sentence_ids[lengths.index(0)])} tokenises to no "
-                         f"tokens with {model_spec['id']} (an empty text); set drop_empty: true for this corpus")
+                          f"tokens with {model_spec['id']} (an empty text); set drop_empty: true for this corpus")
     all_ids = np.concatenate([np.asarray(ids, dtype=np.int64) for ids in input_ids])
     frequency = np.bincount(all_ids, minlength=int(all_ids.max()) + 1)
     n_layers = int(model.config.num_hidden_layers) + 1

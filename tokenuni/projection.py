@@ -66,7 +66,7 @@ def resolve_layers(layers, n_layers: int, path) -> list[int]:
         index = int(layer) + n_layers if layer < 0 else int(layer)
         if not 0 <= index < n_layers:
             raise ProjectionError(f"{path}: layer {layer} does not exist; the dump has layers 0..{n_layers - 1} "
-                             f"(layer 0 = embedding output; negative indices count from the last layer)")
+                                  f"(layer 0 = embedding output; negative indices count from the last layer)")
         if index not in resolved:
             resolved.append(index)
     return sorted(resolved)
@@ -77,8 +77,8 @@ def mms_k_by_layer(clusters_table) -> dict[int, int]:
     table = clusters_table if isinstance(clusters_table, pd.DataFrame) else pd.read_parquet(clusters_table)
     rows = table[table["metric"] == "mms_k"]
     if rows.empty:
-        raise ProjectionError(f"clusters table {clusters_table if not isinstance(clusters_table, pd.DataFrame) else ''} "
-                         f"has no mms_k rows (is it the table of the clusters metric?)")
+        name = "" if isinstance(clusters_table, pd.DataFrame) else clusters_table
+        raise ProjectionError(f"clusters table {name} has no mms_k rows (is it the table of the clusters metric?)")
     return {int(layer): int(round(value)) for layer, value in zip(rows["layer"], rows["value"])}
 
 
@@ -97,7 +97,7 @@ def projection_options(options: Mapping, clusters_table=None) -> dict:
     if clusters == "mms":
         if clusters_table is None:
             raise ProjectionError('projection: clusters "mms" takes k per layer from the clusters metric; '
-                             "pass its table (--clusters-table) or set clusters to an integer k or null")
+                                  "pass its table (--clusters-table) or set clusters to an integer k or null")
         clusters = mms_k_by_layer(clusters_table)
     elif isinstance(clusters, str):
         raise ProjectionError(f'projection: clusters must be "mms", an integer k or null, got {clusters!r}')
@@ -114,7 +114,7 @@ def _clusters_per_layer(clusters, layers: list[int], path) -> dict[int, int]:
         missing = [layer for layer in layers if layer not in clusters]
         if missing:
             raise ProjectionError(f"{path}: no number of clusters for layer(s) {missing} "
-                             f"(clusters given for layers {sorted(clusters)})")
+                                  f"(clusters given for layers {sorted(clusters)})")
         ks = {layer: int(clusters[layer]) for layer in layers}
     elif isinstance(clusters, (int, np.integer)) and not isinstance(clusters, bool):
         ks = {layer: int(clusters) for layer in layers}

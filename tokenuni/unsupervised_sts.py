@@ -28,7 +28,8 @@ SCORE_COLUMNS = ["model", "pooling", "layers", "transform", "transform_type", "p
 LOWERED = {
     "n_zeroed": "of the kept whitening directions are set to 0: the fit set spans fewer directions than k "
                 "(N fit vectors span at most N - 1); fit on more sentences or lower k",
-    "clusters_with_fewer_pcs": "cluster(s) had fewer points than pcs and removed fewer components; lower clusters or pcs",
+    "clusters_with_fewer_pcs": "cluster(s) had fewer points than pcs and removed fewer components; lower clusters "
+                               "or pcs",
 }
 GEOMETRY_COLUMNS = ["model", "pooling", "layers", "transform", "dataset", "metric", "variant", "value", "n",
                     "sample_size", "seed"]

@@ -63,7 +63,7 @@ def plot_metrics_by_step(table: pd.DataFrame, out_png, out_svg=None, out_pdf=Non
     _check_columns(table, ["model", "corpus", "layer", "metric", "value"])
     if "training_step" not in table.columns or table["training_step"].notna().sum() == 0:
         raise FigureError("the metrics table has no training_step values: list a model at several checkpoints "
-                         "(models.<key>.checkpoints: [{step: ..., revision: ...}, ...]) to draw metrics by step")
+                          "(models.<key>.checkpoints: [{step: ..., revision: ...}, ...]) to draw metrics by step")
     stepped = table[table["training_step"].notna()]
     if corpora is not None:
         corpora = [corpora] if isinstance(corpora, str) else list(corpora)
@@ -82,7 +82,7 @@ def plot_metrics_by_step(table: pd.DataFrame, out_png, out_svg=None, out_pdf=Non
             panels.append((metric, variant, rows))
     if not panels:
         raise FigureError(f"none of {[m for m, _ in (metrics or CHECKPOINT_METRICS)]} has rows with a training_step; "
-                         f"metrics present: {sorted(map(str, stepped['metric'].unique()))}")
+                          f"metrics present: {sorted(map(str, stepped['metric'].unique()))}")
 
     labels = model_labels(table)
     fig, axes = _new_panels(len(panels))

@@ -98,8 +98,8 @@ def last_layer_isotropy(geometry: pd.DataFrame, metric: str, variant: str | None
         rows = rows[rows["component"].isna()]
     if rows.empty:
         raise FigureError(f"the fine-tuning geometry table holds no {metric!r} rows"
-                         f"{f' with metric_variant {variant!r}' if variant else ''}; metrics present: "
-                         f"{sorted(map(str, geometry['metric'].unique()))}")
+                          f"{f' with metric_variant {variant!r}' if variant else ''}; metrics present: "
+                          f"{sorted(map(str, geometry['metric'].unique()))}")
     for column in ("model", "task", "variant"):
         rows[column] = rows[column].astype(str)
     last = rows.groupby("model")["layer"].transform("max")
@@ -127,7 +127,7 @@ def plot_isotropy_vs_score(results: pd.DataFrame, geometry: pd.DataFrame, out_pn
             panels.append((axis_label, merged))
     if not panels:
         raise FigureError("no fine-tuning run has last-layer isotropy (isoscore / avg_cosine) in the geometry "
-                         "table; check that both tables come from the same study (model, task, variant, seed)")
+                          "table; check that both tables come from the same study (model, task, variant, seed)")
     tasks = list(dict.fromkeys(rows["task"]))
     variants = _ordered(rows["variant"])
     cmap = colormaps["tab10"]

@@ -66,7 +66,7 @@ def plot_token_projection(table: pd.DataFrame, out_png, out_svg=None, out_pdf=No
     if len(pairs) != 1:
         shown = ", ".join(f"{m}/{c}" for m, c in pairs) or "none"
         raise FigureError(f"plot_token_projection needs exactly one (model, corpus); the table holds {len(pairs)}: "
-                         f"{shown}; filter the table first")
+                          f"{shown}; filter the table first")
     model, corpus = pairs[0]
     present = sorted(int(layer) for layer in table["layer"].unique())
     if layers is None:
@@ -77,7 +77,7 @@ def plot_token_projection(table: pd.DataFrame, out_png, out_svg=None, out_pdf=No
             index = int(layer) + (max(present) + 1 if layer < 0 else 0)
             if index not in present:
                 raise FigureError(f"layer {layer} is not in the projection table of {model}/{corpus} "
-                                 f"(layers present: {present}; layer 0 = embedding output)")
+                                  f"(layers present: {present}; layer 0 = embedding output)")
             if index not in chosen:
                 chosen.append(index)
         chosen.sort()
@@ -87,7 +87,8 @@ def plot_token_projection(table: pd.DataFrame, out_png, out_svg=None, out_pdf=No
         unlabelled = [layer for layer in chosen if table.loc[table["layer"] == layer, "cluster"].isna().all()]
         if unlabelled:
             raise FigureError(f"no cluster labels for layer(s) {unlabelled} of {model}/{corpus} "
-                             f"(the projection was computed with clusters=None); colour by frequency or rerun with clusters")
+                              f"(the projection was computed with clusters=None); colour by frequency or rerun with "
+                              "clusters")
 
     label = model_labels(table).get(model, model)
     fig, axes = _new_panels(len(chosen), figsize=PANEL_FIGSIZE)

@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 from matplotlib import colormaps
 
-from tokenuni.figures.style import (FigureError, FIGSIZE, TABLE_FIGSIZE, _check_columns, _figure_legend, _new_panels, _set_title,
-                                    _variant_name, model_colours, model_labels, save_figure)
+from tokenuni.figures.style import (FigureError, FIGSIZE, TABLE_FIGSIZE, _check_columns, _figure_legend, _new_panels,
+                                    _set_title, _variant_name, model_colours, model_labels, save_figure)
 
 SCORE_LABEL = "Spearman ρ × 100"
 AVERAGE = "avg."
@@ -59,7 +59,7 @@ def sts_headline(scores: pd.DataFrame, sts_subsets: str = "mean_over_subsets") -
     rows = scores[scores["protocol"].isin(["all", sts_subsets])].copy()
     if rows.empty:
         raise FigureError(f"the STS table holds no 'all' or {sts_subsets!r} rows; protocols present: "
-                         f"{sorted(map(str, scores['protocol'].unique()))}")
+                          f"{sorted(map(str, scores['protocol'].unique()))}")
     for column in ("model", "pooling", "transform", "dataset"):
         rows[column] = rows[column].astype(str)
     return rows
@@ -69,7 +69,7 @@ def _select_pooling(rows: pd.DataFrame, pooling: str, what: str) -> pd.DataFrame
     chosen = rows[rows["pooling"].astype(str) == pooling]
     if chosen.empty:
         raise FigureError(f"{what}: no rows for pooling {pooling!r}; poolings present: "
-                         f"{sorted(map(str, rows['pooling'].unique()))}")
+                          f"{sorted(map(str, rows['pooling'].unique()))}")
     return chosen
 
 
@@ -134,7 +134,7 @@ def plot_sts_geometry(geometry: pd.DataFrame, out_png, out_svg=None, out_pdf=Non
             panels.append((metric, variant, panel_title, chosen))
     if not panels:
         raise FigureError(f"STS geometry: the table holds none of {[m for m, _, _ in STS_GEOMETRY_PANELS]}; "
-                         f"metrics present: {sorted(map(str, rows['metric'].unique()))}")
+                          f"metrics present: {sorted(map(str, rows['metric'].unique()))}")
     labels = model_labels(rows)
     models = sorted(rows["model"].unique())
     colours = model_colours(models)
@@ -174,7 +174,7 @@ def plot_sts_table(scores: pd.DataFrame, out_png, out_svg=None, out_pdf=None, *,
     if model is None:
         if len(models) != 1:
             raise FigureError(f"plot_sts_table draws one model; the STS table holds {len(models)}: {models}; "
-                             f"pass model=")
+                              f"pass model=")
         model = models[0]
     if model not in models:
         raise FigureError(f"model {model!r} is not in the STS table; models present: {models}")

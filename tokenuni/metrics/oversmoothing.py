@@ -134,7 +134,7 @@ class LayerNormScale(Metric):
         raw = self.metadata.get("layernorm")
         if raw is None:
             raise MetricError(f"dump of model {self.metadata.get('model_id', '?')} has no layer-norm metadata "
-                             "(written by an older tokenuni): rerun its embed job (snakemake --forcerun embed)")
+                              "(written by an older tokenuni): rerun its embed job (snakemake --forcerun embed)")
         rows = []
         for norm in json.loads(raw):
             shared = norm["layer"] == -1 and (self.layer or 0) > 0  # shared across blocks (ALBERT)
