@@ -147,33 +147,42 @@ def _expected_shapes(hf_config: dict) -> tuple[dict[str, tuple[int, ...]], set[s
     return shapes, {name for name, _ in model.named_parameters()}, model.base_model_prefix or ""
 
 
+def _block_zero(name: str) -> str:
+    """The same tensor name in block 0 (``encoder.layer.5.x`` -> ``encoder.layer.0.x``)."""
+    return re.sub(r"\.\d+\.", ".0.", name, count=1)
+
+
 def _shape_problems(facts: ModelFacts, expected, where: str) -> list[str]:
+    """Stored tensors against the architecture's: shapes that differ, blocks the config has and the weights lack
+    (they would start from random values), blocks the weights have beyond the config (a load drops them). Names
+    are matched as a load matches them (with or without the base model's prefix; old ``gamma``/``beta``);
+    tensors of heads or of other naming schemes are left alone, so only what certainly differs is reported."""
     shapes, parameters, prefix = expected
+    stored_names = {re.sub(r"\.gamma$", ".weight", re.sub(r"\.beta$", ".bias", name)): name for name in facts.shapes}
 
     def stored(name):
         for candidate in (name, f"{prefix}.{name}" if prefix else None,
                           name[len(prefix) + 1:] if prefix and name.startswith(prefix + ".") else None):
-            if candidate and candidate in facts.shapes:
-                return candidate
+            if candidate and candidate in stored_names:
+                return stored_names[candidate]
         return None
 
     mismatched, missing = [], []
     for name, shape in shapes.items():
         found = stored(name)
         if found is None:
-            if name in parameters and not name.split(".")[0].startswith("pooler"):
-                missing.append(name)
+            if name in parameters and _block_zero(name) != name and stored(_block_zero(name)) is not None:
+                missing.append(name)  # block 0 has it: the weights have fewer blocks than the config
         elif tuple(facts.shapes[found]) != shape:
             mismatched.append(f"{found} {list(facts.shapes[found])} where the config implies {list(shape)}")
-    # tensors of blocks beyond the config's depth (the same name in block 0 is a known one): a load drops them silently
     known = {stored(name) for name in shapes} - {None}
-
-    def block_zero(name: str) -> str:
-        return re.sub(r"\.\d+\.", ".0.", name, count=1)
-
     deeper = sorted(name for name in facts.shapes
-                    if name not in known and block_zero(name) != name and block_zero(name) in known)
+                    if name not in known and _block_zero(name) != name and _block_zero(name) in known)
     problems = []
+    if not known and shapes:
+        problems.append(f"{where}: none of the architecture's {len(shapes)} tensors is in the weight files (e.g. "
+                        f"{', '.join(list(shapes)[:2])}; the files hold {', '.join(list(facts.shapes)[:2])}); the "
+                        "weights are of another architecture than its config.json says")
     if deeper:
         problems.append(f"{where}: the weight files hold blocks beyond the {facts.depth} of its config.json "
                         f"(e.g. {', '.join(deeper[:2])}), which a load would silently drop; put the config.json "
@@ -185,8 +194,9 @@ def _shape_problems(facts: ModelFacts, expected, where: str) -> list[str]:
                         "the model's path at the folder that matches")
     if missing:
         problems.append(f"{where}: {len(missing)} of the architecture's {len(parameters)} weight tensors are not in "
-                        f"the weight files (e.g. {', '.join(missing[:3])}); they would start from random values: "
-                        "use the complete checkpoint (save_pretrained writes it)")
+                        f"the weight files (e.g. {', '.join(missing[:3])}): its config.json has more blocks than the "
+                        "weights, whose missing blocks would start from random values; put the config.json saved "
+                        "with these weights beside them")
     return problems
 
 
