@@ -1115,3 +1115,19 @@ def test_the_next_snakemake_heals_a_broken_store(mirror, tmp_path):
         assert len(kept) == round and damage in {path.read_bytes() for path in kept}
         assert "moved aside" in (results / "logs" / "mlflow_sync.log").read_text()
     assert "Nothing to be done" in output(snakemake(workdir, "--dry-run"))
+
+
+@pytest.mark.workflow
+def test_snakemake_refuses_a_repeated_key_in_its_config_file(mirror, tmp_path):
+    from test_workflow import output, snakemake, write_config
+
+    write_config(tmp_path, mirror)
+    path = tmp_path / "config" / "config.yaml"
+    text = path.read_text(encoding="utf-8")
+    path.write_text(text + "study: second\n", encoding="utf-8")
+    first = 1 + [line.split(":")[0] for line in text.splitlines()].index("study")
+    result = snakemake(tmp_path, "--dry-run", check=False)
+    assert result.returncode != 0
+    assert (f"config/config.yaml:{len(text.splitlines()) + 1}: the key 'study' appears twice in one mapping (first at "
+            f"line {first}); YAML would keep only the last one and drop the first without a word: merge the two "
+            "entries or rename one") in output(result)

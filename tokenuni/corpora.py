@@ -13,6 +13,14 @@ one table with the columns of :data:`CORPUS_SCHEMA`, one row per sentence:
 ``subset``       the mirror file (relative path) or hub split the row came from
 
 Sampling to ``max_sentences`` is seeded and keeps pairs whole.
+
+Every row is checked where it enters, by its format: the exact field count (a tab inside a text is an
+error, never a shifted column), every score a finite decimal number in the format's documented range
+(:data:`SCORE_RANGES`), every label in its label set (:data:`FORMAT_LABELS`). A violation raises
+:class:`CorpusError` naming the file, the line and the field; rows the format itself says to skip
+(SemEval's unscored pairs, blank lines) are skipped and counted (``rows_skipped``). A text without a
+visible character (:func:`has_visible_text`, NFKC) counts as empty: ``drop_empty`` drops it with its
+pair partner, counted and warned with its first locations.
 """
 from __future__ import annotations
 
