@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
-from tokenuni.corpora import read_corpus
+from tokenuni.corpora import CorpusError, has_visible_text, read_corpus
 from tokenuni.devices import select_device
 from tokenuni.errors import TokenuniError
 from tokenuni.files import library_versions
@@ -88,6 +88,13 @@ def load_model(spec: dict, device, source: ModelSource | None = None):
             dtype=getattr(torch, TORCH_DTYPES[spec.get("dtype", "float32")]),
             use_safetensors=None if spec.get("allow_pickle_weights") else True,
         )
+    except RuntimeError as error:
+        if "mismatch" not in str(error):
+            raise
+        raise SourceError(f"model {spec['id']}: the weights in {source.describe()} do not have the shapes its "
+                          "config.json implies (transformers' load report above lists them); the weights belong to "
+                          "another configuration: put the config.json saved with these weights beside them "
+                          "(`tokenuni check` names every tensor that differs)") from error
     except OSError as error:
         safetensors = "" if spec.get("allow_pickle_weights") else (
             " (only *.safetensors weights are loaded unless `allow_pickle_weights: true`)")
@@ -225,7 +232,7 @@ def embed_corpus(corpus_path, model_spec: dict, out_path, *, corpus_name: str = 
     texts = corpus["text"].to_pylist()
     sentence_ids = corpus["sentence_id"].to_numpy()
     if not texts:
-        raise ValueError(f"corpus {corpus_path} is empty: nothing to embed")
+        raise CorpusError(f"corpus {corpus_path} is empty: nothing to embed")
 
     tokenizer, model = load_model(model_spec, torch_device, source)
     family = family_of(model.config)
@@ -233,14 +240,14 @@ def embed_corpus(corpus_path, model_spec: dict, out_path, *, corpus_name: str = 
     input_ids, special_masks, truncated = tokenize(tokenizer, texts, max_length)
     lengths = [len(ids) for ids in input_ids]
     if 0 in lengths:
-        raise ValueError(f"corpus {corpus_path}: sentence_id {int(sentence_ids[lengths.index(0)])} tokenises to no "
-                         f"tokens with {model_spec['id']} (an empty text); set drop_empty: true for this corpus")
+        raise CorpusError(f"corpus {corpus_path}: sentence_id {int(sentence_ids[lengths.index(0)])} tokenises to no "
+                          f"tokens with {model_spec['id']} (an empty text); set drop_empty: true for this corpus")
     all_ids = np.concatenate([np.asarray(ids, dtype=np.int64) for ids in input_ids])
     frequency = np.bincount(all_ids, minlength=int(all_ids.max()) + 1)
     n_layers = int(model.config.num_hidden_layers) + 1
     hidden_size = int(model.config.hidden_size)
     dtype = DUMP_DTYPES[model_spec.get("dtype", "float32")]
-    empty = sum(not text.strip() for text in texts)
+    empty = sum(not has_visible_text(text) for text in texts)
     metadata = {
         "model_dtype": model_spec.get("dtype", "float32"),
         "empty_sentences": str(empty),
@@ -264,7 +271,8 @@ def embed_corpus(corpus_path, model_spec: dict, out_path, *, corpus_name: str = 
     if truncated:
         log.warning("%d of %d sentences were longer than %d tokens and were truncated", truncated, len(texts), max_length)
     if empty:
-        log.warning("%d of %d sentences are empty or whitespace-only (kept: drop_empty is off for this corpus); "
+        log.warning("%d of %d sentences are empty, whitespace-only or without visible characters (kept: drop_empty "
+                    "is off for this corpus); "
                     "they are embedded as special tokens only", empty, len(texts))
 
     started = time.perf_counter()

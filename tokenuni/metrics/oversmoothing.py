@@ -29,7 +29,7 @@ import json
 import numpy as np
 import pyarrow as pa
 
-from tokenuni.metrics.base import Metric, MetricValue, TokenBatch
+from tokenuni.metrics.base import Metric, MetricError, MetricValue, TokenBatch
 
 
 class _Running:
@@ -136,8 +136,8 @@ class LayerNormScale(Metric):
     def compute(self) -> list[MetricValue]:
         raw = self.metadata.get("layernorm")
         if raw is None:
-            raise ValueError(f"dump of model {self.metadata.get('model_id', '?')} has no layer-norm metadata "
-                             "(written by an older tokenuni): rerun its embed job (snakemake --forcerun embed)")
+            raise MetricError(f"dump of model {self.metadata.get('model_id', '?')} has no layer-norm metadata "
+                              "(written by an older tokenuni): rerun its embed job (snakemake --forcerun embed)")
         rows = []
         for norm in json.loads(raw):
             shared = norm["layer"] == -1 and (self.layer or 0) > 0  # shared across blocks (ALBERT)
