@@ -889,25 +889,27 @@ def test_check_fails_on_truncated_weights_and_on_blocks_the_config_does_not_have
 
 
 def test_check_fails_on_an_architecture_the_embed_stage_cannot_build(mirror, model_copy, tmp_path, caplog):
-    import transformers
+    """A model type tokenuni has no family for is refused by the family check alone (tokenuni.families)."""
+    from tokenuni.families import BY_MODEL_TYPE
 
     config = json.loads((model_copy / "config.json").read_text())
     (model_copy / "config.json").write_text(json.dumps({**config, "model_type": "nosuchformer"}))
     message = _check(_check_config(tmp_path, mirror, model_copy), caplog)
     assert message == _one_problem(
-        f"model 'tiny' (tiny/model at {model_copy.resolve()}): config.json's model_type 'nosuchformer' is not an "
-        f"architecture transformers {transformers.__version__} knows, so the embed stage cannot build it; use a "
-        "model of an architecture the installed transformers knows, or upgrade transformers")
+        f"model 'tiny' (tiny/model at {model_copy.resolve()}): model_type 'nosuchformer' is not a supported family "
+        f"(supported: {', '.join(sorted(BY_MODEL_TYPE))}); its special tokens, padding, positions and norm placement "
+        "are unknown, so it is refused rather than measured with guesses. Use a supported model, or add the family "
+        "to FAMILIES in tokenuni/families.py (with a test in tests/test_families.py)")
 
 
-def test_check_runs_the_model_family_hook(mirror, model_copy, tmp_path, caplog, monkeypatch):
-    """Architecture support and SoftDecay placements per family plug into tokenuni.check.MODEL_CHECKS."""
-    import tokenuni.check as check
-
-    monkeypatch.setattr(check, "MODEL_CHECKS", [lambda facts, config: [
-        f"model '{facts.key}': family {facts.hf_config['model_type']} is not supported (hook)"]])
-    assert _check(_check_config(tmp_path, mirror, model_copy), caplog) == _one_problem(
-        "model 'tiny': family bert is not supported (hook)")
+def test_check_refuses_an_encoder_decoder_model(mirror, model_copy, tmp_path, caplog):
+    """T5 & co. are refused before the first job, with the family's message (issue 12: never a transformers error)."""
+    config = json.loads((model_copy / "config.json").read_text())
+    (model_copy / "config.json").write_text(json.dumps({**config, "model_type": "t5"}))
+    message = _check(_check_config(tmp_path, mirror, model_copy), caplog)
+    assert message.startswith("this study cannot run as configured: 1 problem(s) found before the first job:\n"
+                              f"  - model 'tiny' (tiny/model at {model_copy.resolve()}): model_type 't5' is an "
+                              "encoder-decoder model; tokenuni measures one stack of blocks")
 
 
 def test_check_fails_on_pooling_and_fine_tuning_layers_beyond_the_model(mirror, model_copy, tmp_path, caplog):

@@ -18,8 +18,9 @@ model, and the fix):
 4. every corpus read through its reader as the import job reads it (every row checked, see
    :mod:`tokenuni.corpora`), with its counts: STS datasets paired and scored, cluster counts of
    ``cluster_removal`` against the sentences it is fit on; the GLUE tasks' mirror files likewise;
-5. the model families (:func:`tokenuni.families.family_problems`: architectures the stages run, encoder or
-   decoder as configured, a token to pad with).
+5. the model family of each local model first (:func:`tokenuni.families.model_family_problems`: an
+   architecture the stages run, encoder or decoder as configured, a token to pad with); a model of a family
+   tokenuni does not run is reported with that alone.
 
 The workflow runs the same check when it starts (``workflow/rules/common.smk``).
 """
@@ -33,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tokenuni.errors import TokenuniError
+from tokenuni.families import model_family_problems
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +208,9 @@ def model_facts(key: str, spec: dict, folder: Path) -> tuple[ModelFacts | None, 
         return None, [f"{where}: {config_file} cannot be read as JSON ({error}); point models.{key}.path at a "
                       "folder saved by save_pretrained"]
     facts = ModelFacts(key, spec, folder, hf_config)
+    family = model_family_problems(hf_config, spec, where)
+    if family:  # an architecture tokenuni does not run: that is what to fix first, whatever else the folder holds
+        return None, family
     problems: list[str] = []
     facts.depth = next((int(hf_config[k]) for k in _DEPTH_KEYS if isinstance(hf_config.get(k), int)), None)
     facts.hidden_size = next((int(hf_config[k]) for k in _WIDTH_KEYS if isinstance(hf_config.get(k), int)), None)
@@ -396,7 +401,6 @@ def study_problems(config: dict, mirror: str | None, probe_hub: bool = True) -> 
 
 def _problems(config: dict, mirror: str | None, probe_hub: bool) -> tuple[list[str], list[str]]:
     from tokenuni.config import model_specs
-    from tokenuni.families import family_problems
     from tokenuni.sources import SourceError, check_sources, resolve_model
 
     sources = check_sources(config, mirror, probe_hub=probe_hub)
@@ -418,7 +422,6 @@ def _problems(config: dict, mirror: str | None, probe_hub: bool) -> tuple[list[s
         if facts is not None:
             facts = ModelFacts(key, spec, facts.folder, facts.hf_config, facts.depth, facts.hidden_size, facts.shapes)
             problems += reference_problems(facts, config)
-    problems += family_problems(config)
     problems += transform_problems(config)
     with _Quiet():
         problems += corpus_problems(config, mirror)[1]

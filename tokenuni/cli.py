@@ -68,8 +68,7 @@ def cmd_check(args) -> None:
 
     config = load_config(args.configfile)
     require_study(config, data_mirror(config), probe_hub=not args.no_hub_probe)
-    print(f"{args.configfile}: every model and corpus resolves; models, families, config references and corpora "
-          "check out")
+    print(f"{args.configfile}: every model and corpus resolves; models, config references and corpora check out")
 
 
 def cmd_corpus(args) -> None:

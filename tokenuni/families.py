@@ -292,27 +292,29 @@ def family_problems(config: dict) -> list[str]:
     job loads them (:func:`tokenuni.embed.load_model`), before any forward pass. ``cls`` pooling on a
     causal model is not a problem: it reads the last real token (module docstring).
     """
-    from types import SimpleNamespace
-
     from tokenuni.config import model_specs
 
     problems = []
     for key, spec in model_specs(config).items():
         raw = local_model_config(spec)
-        if raw is None:
-            continue
-        where = f"model '{key}' ({spec['id']})"
-        model_config = SimpleNamespace(**raw)
-        try:
-            family = family_of(model_config, where)
-        except FamilyError as error:
-            problems.append(str(error))
-            continue
-        if family.causal:
-            problem = _decoder_tokenizer_problem(spec, where)
-            if problem:
-                problems.append(problem)
+        if raw is not None:
+            problems += model_family_problems(raw, spec, f"model '{key}' ({spec['id']})")
     return problems
+
+
+def model_family_problems(raw_config: dict, spec: dict, where: str) -> list[str]:
+    """What :func:`family_problems` finds for one local model, from its parsed ``config.json``."""
+    from types import SimpleNamespace
+
+    try:
+        family = family_of(SimpleNamespace(**raw_config), where)
+    except FamilyError as error:
+        return [str(error)]
+    if family.causal:
+        problem = _decoder_tokenizer_problem(spec, where)
+        if problem:
+            return [problem]
+    return []
 
 
 def _decoder_tokenizer_problem(spec: dict, where: str) -> str | None:
