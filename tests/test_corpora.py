@@ -87,7 +87,7 @@ def test_bad_utf8_names_file_and_line(tmp_path):
 
 def test_short_row_names_file_and_line(tmp_path):
     (tmp_path / "sts.csv").write_text("main-news\tf\t2012\t1\t3.0\tonly one sentence\n")
-    with pytest.raises(CorpusError, match=r"sts\.csv:1: expected at least 7"):
+    with pytest.raises(CorpusError, match=r"sts\.csv:1: expected 7 tab-separated fields \(genre, .*\), found 6$"):
         read_mirror("stsb", ["sts.csv"], tmp_path)
 
 

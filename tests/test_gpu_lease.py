@@ -14,7 +14,7 @@ from itertools import combinations
 
 import pytest
 
-from tokenuni.gpu_lease import lease_gpu
+from tokenuni.gpu_lease import GpuLeaseError, lease_gpu
 
 # a holder: lease one GPU, record (start, end, CUDA_VISIBLE_DEVICES) while holding it, print LEASED
 HOLDER = """
@@ -117,13 +117,13 @@ def test_busy_devices_time_out_and_too_many_is_an_error(tmp_path, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "7")
     with lease_gpu(1, lock_dir=tmp_path, devices=["0"]) as leased:
         assert leased == ["0"] and os.environ["CUDA_VISIBLE_DEVICES"] == "0"
-        with pytest.raises(TimeoutError, match="no 1 free GPU"):  # flock: a second descriptor conflicts too
+        with pytest.raises(GpuLeaseError, match="no 1 free GPU"):  # flock: a second descriptor conflicts too
             with lease_gpu(1, lock_dir=tmp_path, devices=["0"], timeout=0.3, poll=0.1):
                 pass
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "7"  # restored
     with lease_gpu(1, lock_dir=tmp_path, devices=["0"], timeout=0) as leased:  # released on exit
         assert leased == ["0"]
-    with pytest.raises(ValueError, match="asks for 3 GPUs but this machine has 2"):
+    with pytest.raises(GpuLeaseError, match="asks for 3 GPUs but this machine has 2"):
         with lease_gpu(3, lock_dir=tmp_path, devices=["0", "1"]):
             pass
 

@@ -81,7 +81,7 @@ def test_uniformity_equals_brute_force_on_minilm(table, minilm_dump):
         assert len(x) < 5000  # the default sample keeps every token
         row = table[table.layer == layer].iloc[0]
         assert row.value == pytest.approx(reference_uniformity(x), rel=RTOL)
-        assert row.n == len(x) and row.sample_size == 5000 and row.seed == 0 and row.variant == ""
+        assert row.n == len(x) and row.sample_size == len(x) and row.seed == 0 and row.variant == ""  # used size
         assert row.spread > 0
 
 

@@ -92,7 +92,10 @@ def test_rows_are_complete_and_record_the_sample(table):
         for variant in ("raw", "cluster_centred"):
             assert len(values(table, "within_cluster_avg_cosine", layer, variant)) == 1
     assert (table.sample_size == 500).all() and (table.seed == 0).all()
-    assert table.value.notna().all() and table.spread.notna().all()  # repeats = 2: every row has a spread
+    assert table.value.notna().all()
+    analysed = table[table.metric != "clusters_k_max"]
+    assert analysed.spread.notna().all()  # repeats = 2: every row of the analysis has a spread
+    assert (table[table.metric == "clusters_k_max"].value == 5).all()  # k_max used: the sample allows it
     assert (table[table.metric == "mms_k"].n == 500).all()
 
 

@@ -81,7 +81,7 @@ def test_lid_equals_brute_force_on_minilm(table, minilm_dump):
         assert row(table, "lid_duplicate_tokens", layer).n == len(x)
         mean = row(table, "lid_mean", layer)
         assert mean.n == len(x) - duplicates and row(table, "lid_k", layer).value == 100
-        assert mean.sample_size == 5000 and mean.seed == 0 and mean.variant == ""
+        assert mean.sample_size == len(x) and mean.seed == 0 and mean.variant == ""  # the sample used: every token
         assert 0 < mean.spread < 0.2 * lid.std()  # bootstrap std of a mean of ~n points: ≈ std/√n
     assert row(table, "lid_duplicate_tokens", 0).value > 0  # embedding output: same token, same position
 

@@ -116,6 +116,28 @@ def test_a_derived_option_re_derives_without_a_read(dump_with_moments, statistic
     assert_same_table(expected, derive_metric(statistics, name, options, model="m", corpus="c"))
 
 
+def test_capped_options_are_recorded_as_in_each_metrics_own_run(dump_with_moments, caplog):
+    """Options lowered to what the dump allows (k_max to n - 1, sample_size to every token) give the rows and
+    sample_size column of each metric's own run, with the warning said once per job (issue 13 through the suite)."""
+    capped = {"clusters": {"sample_size": 5, "k_max": 10, "n_init": 1, "repeats": 1},
+              "lid": {"sample_size": 100_000, "k": 10, "bootstrap": 0},
+              "alignment_uniformity": {"sample_size": 100_000, "bootstrap": 0}}
+    statistics = collect_statistics(dump_with_moments, pass_plan(capped), progress=False)
+    metadata = open_dump(dump_with_moments).metadata
+    tokens = int(metadata["tokens"]) - 2 * int(metadata["sentences"])  # every regular token ([CLS], [SEP] dropped)
+    for name, options in capped.items():
+        expected = compute_metric(dump_with_moments, name, options, model="m", corpus="c", progress=False)
+        caplog.clear()
+        got = derive_metric(statistics, name, options, model="m", corpus="c")
+        assert_same_table(expected, got)
+        assert len([r for r in caplog.records if "lowered" in r.getMessage()]) == 1, name
+        if name == "clusters":
+            assert set(got.loc[got.metric == "clusters_k_max", "value"]) == {4.0}
+            assert set(got["sample_size"]) == {5}
+        else:
+            assert set(got["sample_size"]) == {tokens}
+
+
 def test_a_changed_pass_option_asks_for_the_pass(statistics):
     with pytest.raises(StatisticsError, match="rerun the metrics pass"):
         derive_metric(statistics, "cosine_family", {"type_sampling": "one_per_type"}, model="m", corpus="c")

@@ -24,6 +24,7 @@ import yaml
 
 from conftest import CHROMIUM, CHROMIUM_ARGS, REPO
 from tokenuni.cli import main as tokenuni
+from tokenuni.errors import TokenuniError
 from tokenuni.report import build_report, headline_table
 
 SECTIONS = ["Study", "Geometry", "Unsupervised STS", "Fine-tuning", "Config", "MLflow runs"]
@@ -208,7 +209,7 @@ def test_report_without_optional_parts_is_built_with_notes(tmp_path):
     for note in ("no PNG figures", "no tables/metrics.parquet", "no tables/sts_summary.md",
                  "no MLflow sync output", "no run records"):
         assert note in html
-    with pytest.raises(FileNotFoundError, match="does-not-exist"):
+    with pytest.raises(TokenuniError, match="does-not-exist"):
         build_report(tmp_path / "does-not-exist", {"study": "x"}, out)
 
 

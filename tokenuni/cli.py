@@ -63,12 +63,12 @@ def _set_threads(threads: int | None) -> None:
 
 # -- stages ----------------------------------------------------------------------------------------
 def cmd_check(args) -> None:
+    from tokenuni.check import require_study
     from tokenuni.config import data_mirror, load_config
-    from tokenuni.sources import require_sources
 
     config = load_config(args.configfile)
-    require_sources(config, data_mirror(config), probe_hub=not args.no_hub_probe)
-    print(f"{args.configfile}: every model and corpus resolves")
+    require_study(config, data_mirror(config), probe_hub=not args.no_hub_probe)
+    print(f"{args.configfile}: every model and corpus resolves; models, config references and corpora check out")
 
 
 def cmd_corpus(args) -> None:
@@ -79,7 +79,8 @@ def cmd_corpus(args) -> None:
         if run:
             run.log_params({"source": summary.get("source")})
             run.log_metrics({"rows": summary["rows_after"], "rows_before_sampling": summary["rows_before"],
-                             "rows_dropped_empty": summary["rows_dropped_empty"]})
+                             "rows_dropped_empty": summary["rows_dropped_empty"],
+                             **{f"rows_skipped.{reason}": n for reason, n in summary["rows_skipped"].items()}})
             run.set_tags({"tokenuni.corpus_source": summary.get("source")})
             for item in summary.get("files", []):
                 run.log_input(item["path"], context="mirror")
@@ -181,8 +182,11 @@ def cmd_metric(args) -> None:
                 if pd.notna(row.spread):
                     run.log_metric(f"{key}.spread", row.spread, step=row.layer)
             sampled = table[table["sample_size"].notna()].drop_duplicates("metric")
-            run.log_params({f"sampling.{row.metric}": {"sample_size": int(row.sample_size),
-                                                       "seed": None if pd.isna(row.seed) else int(row.seed)}
+            run.log_params({f"sampling.{row.metric}": {"sample_size": int(row.sample_size),  # the size used
+                                                       "seed": None if pd.isna(row.seed) else int(row.seed),
+                                                       **({"requested": args.options["sample_size"]}
+                                                          if args.options.get("sample_size")
+                                                          not in (None, row.sample_size) else {})}
                             for row in sampled.itertuples()})
             run.log_artifact(args.out, "metrics")
     log.info("metric %s on %s/%s: %d rows -> %s", args.name, args.model, args.corpus, len(table), args.out)
@@ -281,7 +285,9 @@ def cmd_figure(args) -> None:
             figures.plot_finetune_scores(table, *out)
         elif args.kind == "finetune-isotropy":
             if args.geometry is None:
-                raise ValueError("figure finetune-isotropy needs --geometry (the fine-tuning geometry table)")
+                from tokenuni.errors import TokenuniError
+
+                raise TokenuniError("figure finetune-isotropy needs --geometry (the fine-tuning geometry table)")
             figures.plot_isotropy_vs_score(table, read_table(args.geometry), *out)
         elif args.kind == "checkpoints":
             figures.plot_metrics_by_step(table, *out)
@@ -326,7 +332,8 @@ def cmd_sts(args) -> None:
         write_table(geometry, args.geometry)
         if run:
             run.log_params({"fit_on": args.transform.get("fit_on", "pool"), "transform_type": args.transform["type"],
-                            "fitted_on": sorted(set(scores["fit_on"]))})
+                            "fitted_on": sorted(set(scores["fit_on"])),
+                            "fitted": dict(zip(scores["dataset"], scores["fitted"]))})  # the values used
             for row in scores[scores["protocol"].isin(["all", "mean_over_subsets", "concatenated"])].itertuples():
                 suffix = "" if row.protocol == "all" else f".{row.protocol}"
                 run.log_metrics({f"spearman.{row.dataset}{suffix}": row.spearman,
@@ -462,12 +469,26 @@ def cmd_report(args) -> None:
           f"{summary['runs']} of {summary['records']} jobs with an MLflow run)")
 
 
+def cmd_tiny_models(args) -> None:
+    from tokenuni.config import data_mirror
+    from tokenuni.tiny_models import build_tiny_models, training_texts
+
+    mirror = args.mirror or data_mirror({})
+    if not mirror:
+        raise ValueError("tiny-models trains its tokenizers on WikiText-2 from the data mirror: set TOKENUNI_DATA "
+                         "or pass --mirror")
+    built = build_tiny_models(args.out, training_texts(mirror), args.families.split(","), seed=args.seed)
+    for family, path in built.items():
+        print(f"{family}: {path}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tokenuni", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("check", help="check that every model and corpus of a config resolves")
+    p = sub.add_parser("check", help="check a study before its first job: sources, models (config, tokenizer, "
+                                     "weight headers), config references, every corpus through its reader")
     p.add_argument("configfile", type=Path)
     p.add_argument("--no-hub-probe", action="store_true", help="treat the hub as reachable")
     p.set_defaults(func=cmd_check)
@@ -652,6 +673,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sync", type=Path, default=None, help="MLflow sync output (default: <results>/mlflow/sync.json)")
     p.add_argument("--captions", type=Path, default=None, help="figure captions (default: workflow/report)")
     p.set_defaults(func=cmd_report)
+
+    from tokenuni.tiny_models import PAPER_FAMILIES, TINY_FAMILIES
+
+    p = sub.add_parser("tiny-models", help="save small random-init models of each family (config/paper-tiny.yaml)")
+    p.add_argument("--out", type=Path, required=True, help="folder; each model goes to <out>/<family>")
+    p.add_argument("--families", default=",".join(PAPER_FAMILIES), help=f"comma-separated, of {', '.join(TINY_FAMILIES)}")
+    p.add_argument("--mirror", default=None, help="data mirror with wikitext-2/ (default: $TOKENUNI_DATA)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_tiny_models)
     return parser
 
 
@@ -661,10 +691,12 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for noisy in ("urllib3", "filelock", "httpx", "alembic", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    from tokenuni.errors import TokenuniError
+
     try:
         with _gpu_lease(args):
             args.func(args)
-    except (ValueError, RuntimeError, OSError, KeyError, TimeoutError) as error:  # OSError: missing file, full disk
+    except TokenuniError as error:  # a user error: its message says what and how to fix it; anything else is a bug
         log.error("%s", error)
         if args.verbose:
             raise

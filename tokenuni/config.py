@@ -43,9 +43,45 @@ def _with_defaults(validator_class):
 _DefaultingValidator = _with_defaults(Draft202012Validator)
 
 
-def load_schema(path: str | Path = SCHEMA_PATH) -> dict:
+class StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key repeated in one mapping is an error.
+
+    PyYAML (like most YAML loaders) silently keeps the last of two equal keys, so a second
+    ``metrics:`` or ``corpora:`` block would replace the first without a word. Keys brought in by a
+    merge (``<<: *anchor``) may still be overridden, as YAML intends.
+    """
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first_line: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    seen = first_line.setdefault(key, line)
+                except TypeError:  # an unhashable key: PyYAML's own error follows
+                    continue
+                if seen != line:
+                    where = f"{key_node.start_mark.name}:{line}"
+                    raise ConfigError(f"{where}: the key {key!r} appears twice in one mapping (first at line {seen}); "
+                                      "YAML would keep only the last one and drop the first without a word: merge "
+                                      "the two entries or rename one")
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(path: str | Path):
+    """Read a YAML (or JSON) file with :class:`StrictLoader`; a syntax error names the file and line."""
     with open(path, encoding="utf-8") as handle:
-        return yaml.safe_load(handle)
+        try:
+            return yaml.load(handle, Loader=StrictLoader)
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML ({error})") from None
+
+
+def load_schema(path: str | Path = SCHEMA_PATH) -> dict:
+    return load_yaml(path)
 
 
 def _dotted(path) -> str:
@@ -75,16 +111,129 @@ def validate_config(config: dict, schema: dict | None = None) -> dict:
     schema = schema or load_schema()
     validator = _DefaultingValidator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
-    if errors:
-        lines = "\n".join(f"  - {_describe(e, schema)}" for e in errors)
-        raise ConfigError(f"invalid configuration ({len(errors)} problem(s)):\n{lines}")
+    problems = [_describe(e, schema) for e in errors] if errors else config_problems(config)
+    if problems:
+        lines = "\n".join(f"  - {problem}" for problem in problems)
+        raise ConfigError(f"invalid configuration ({len(problems)} problem(s)):\n{lines}")
     return config
 
 
+#: mirror formats whose rows are scored sentence pairs (what unsupervised STS evaluates on)
+SCORED_PAIR_FORMATS = ("stsb", "sick", "sts_semeval")
+#: mirror formats whose rows are sentence pairs
+PAIR_FORMATS = SCORED_PAIR_FORMATS + ("mrpc", "rte")
+
+
+def corpus_shape(corpus: dict) -> dict[str, bool | None]:
+    """Whether a corpus entry is ``paired`` and ``scored``, from its mirror format or its hub columns (None:
+    the two disagree, or nothing says)."""
+    answers = []
+    if corpus.get("mirror"):
+        fmt = corpus["mirror"]["format"]
+        answers.append({"paired": fmt in PAIR_FORMATS, "scored": fmt in SCORED_PAIR_FORMATS})
+    if corpus.get("hub"):
+        columns = corpus["hub"].get("columns") or {}
+        answers.append({"paired": "text_a" in columns and "text_b" in columns, "scored": "score" in columns})
+    return {key: (answers[0][key] if all(a[key] == answers[0][key] for a in answers) else None) if answers else None
+            for key in ("paired", "scored")}
+
+
+def _describe_corpus(corpus: dict) -> str:
+    parts = []
+    if corpus.get("mirror"):
+        parts.append(f"mirror format {corpus['mirror']['format']}")
+    if corpus.get("hub"):
+        parts.append(f"hub columns {', '.join(sorted((corpus['hub'].get('columns') or {})))}")
+    return " and ".join(parts)
+
+
+def config_problems(config: dict) -> list[str]:
+    """What a schema-valid config cannot mean, each naming the dotted key and the fix.
+
+    Ranges that depend on each other (k-means ``k_min`` <= ``k_max`` < ``sample_size``, LID ``k`` <
+    ``sample_size``, a projection's k below its sample), corpus keys that ``sts`` and ``fit_on`` name,
+    STS datasets that are not paired and scored, ``max_sentences`` below one pair, metric names in
+    ``geometry_metrics``. What needs the model (its depth and width) or the data is checked by
+    ``tokenuni check`` (:mod:`tokenuni.check`).
+    """
+    from tokenuni.metrics import METRICS
+
+    problems: list[str] = []
+    metrics = config.get("metrics", {})
+    enabled = set(enabled_metrics(config))
+    clusters = metrics.get("clusters", {})
+    if "clusters" in enabled:
+        k_min, k_max, sample = clusters["k_min"], clusters["k_max"], clusters["sample_size"]
+        if k_min > k_max:
+            problems.append(f"config key metrics.clusters.k_min: {k_min} is above k_max {k_max}, so no k would be "
+                            "tried; lower k_min or raise k_max")
+        if k_max >= sample:
+            problems.append(f"config key metrics.clusters.k_max: {k_max} clusters need a sample of more than {k_max} "
+                            f"tokens, and metrics.clusters.sample_size is {sample}; lower k_max below {sample} (Cai et "
+                            "al. use up to 15) or raise sample_size")
+        silhouette = clusters.get("silhouette_sample_size")
+        if silhouette is not None and silhouette > sample:
+            problems.append(f"config key metrics.clusters.silhouette_sample_size: {silhouette} is above sample_size "
+                            f"{sample} (the silhouette is scored on a subset of the sample); lower it, or set it to "
+                            "null to score the whole sample")
+    lid = metrics.get("lid", {})
+    if "lid" in enabled and lid["k"] >= lid["sample_size"]:
+        problems.append(f"config key metrics.lid.k: {lid['k']} neighbours need a sample of more than {lid['k']} "
+                        f"tokens, and metrics.lid.sample_size is {lid['sample_size']}; lower k or raise sample_size")
+    projection = config.get("projection", {})
+    if projection.get("enabled", True):
+        k = projection.get("clusters", "mms")
+        if k == "mms" and "clusters" not in enabled:
+            problems.append('config key projection.clusters: "mms" takes k per layer from the clusters metric, but '
+                            "metrics.clusters is disabled; enable it, or set projection.clusters to an integer k "
+                            "or null")
+        if isinstance(k, int) and not isinstance(k, bool) and k >= projection.get("sample_size", 5000):
+            problems.append(f"config key projection.clusters: {k} clusters need a sample of more than {k} tokens, and "
+                            f"projection.sample_size is {projection.get('sample_size', 5000)}; lower clusters or "
+                            "raise sample_size")
+    corpora = config.get("corpora", {})
+    for key, corpus in corpora.items():
+        max_sentences = corpus.get("max_sentences")
+        if max_sentences is not None and max_sentences < 2 and corpus_shape(corpus)["paired"]:
+            problems.append(f"config key corpora.{key}.max_sentences: {max_sentences} keeps no pair (each pair is 2 "
+                            "sentences and pairs are kept whole); set it to at least 2, or null for every pair")
+    sts = config.get("sts", {})
+    if sts.get("enabled", True) and sts.get("datasets"):
+        for dataset in sts["datasets"]:
+            if dataset not in corpora:
+                problems.append(f"config key sts.datasets: {dataset!r} is not a key of the corpora section (known: "
+                                f"{', '.join(corpora)}); add the corpus or remove it from sts.datasets")
+                continue
+            shape = corpus_shape(corpora[dataset])
+            if not (shape["paired"] and shape["scored"]):
+                problems.append(f"config key sts.datasets: corpus '{dataset}' is not a paired, scored STS dataset "
+                                f"({_describe_corpus(corpora[dataset])}); list corpora in the formats "
+                                f"{', '.join(SCORED_PAIR_FORMATS)} (or hub corpora mapping text_a, text_b and score)")
+        for name, transform in (sts.get("transforms") or {}).items():
+            fit_on = transform.get("fit_on", "pool")
+            if fit_on != "pool" and fit_on not in corpora:
+                problems.append(f"config key sts.transforms.{name}.fit_on: {fit_on!r} is neither \"pool\" nor a key "
+                                f"of the corpora section (known: {', '.join(corpora)})")
+        problems += _unknown_metrics("sts.geometry_metrics", sts.get("geometry_metrics", []), METRICS)
+    finetune = config.get("finetune", {})
+    if finetune.get("enabled", True) and finetune.get("tasks"):
+        problems += _unknown_metrics("finetune.geometry_metrics", finetune.get("geometry_metrics", []), METRICS)
+    return problems
+
+
+def _unknown_metrics(key: str, names: list[str], known) -> list[str]:
+    unknown = [name for name in names if name not in known]
+    if not unknown:
+        return []
+    close = [f"'{m}'" for name in unknown for m in difflib.get_close_matches(name, list(known), n=1)]
+    return [f"config key {key}: unknown metric(s) {', '.join(unknown)}"
+            + (f"; did you mean {', '.join(close)}?" if close else "") + f" (known: {', '.join(known)})"]
+
+
 def load_config(path: str | Path) -> dict:
-    """Read a YAML config file and validate it (see :func:`validate_config`)."""
-    with open(path, encoding="utf-8") as handle:
-        config = yaml.safe_load(handle) or {}
+    """Read a YAML config file (repeated keys refused, see :class:`StrictLoader`) and validate it
+    (see :func:`validate_config`)."""
+    config = load_yaml(path) or {}
     try:
         return validate_config(config)
     except ConfigError as error:

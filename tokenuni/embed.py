@@ -3,8 +3,9 @@
 The model runs with ``output_hidden_states=True`` in float32 unless another dtype is asked for
 (transformers 5 otherwise loads a checkpoint in its stored dtype). Sentences are tokenised once,
 sorted by length (longest first) and batched, so padding is minimal; only real tokens (attention
-mask 1) are written. Decoder models without a pad token pad with their end-of-text token; with right
-padding and the attention mask, a causal model's real tokens never see the padding.
+mask 1) are written. What differs by architecture — the special tokens flagged in the token index,
+padding and pad tokens, token type and position ids, the usable length — comes from
+:mod:`tokenuni.families`; a model of an unsupported family (T5, …) is refused before its weights load.
 """
 from __future__ import annotations
 
@@ -17,12 +18,13 @@ from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
-from tokenuni.corpora import read_corpus
+from tokenuni.corpora import CorpusError, has_visible_text, read_corpus
 from tokenuni.devices import select_device
 from tokenuni.errors import TokenuniError
+from tokenuni.families import family_of, max_positions, prepare_tokenizer
 from tokenuni.files import library_versions
 from tokenuni.sources import ModelSource, SourceError, how_to_provide, require_safe_weights, resolve_model
-from tokenuni.store import DUMP_PRECISIONS, DumpWriter
+from tokenuni.store import DUMP_PRECISIONS, DumpError, DumpWriter
 
 if TYPE_CHECKING:
     import torch
@@ -60,7 +62,7 @@ def check_finite(hidden, attention_mask, model_name: str) -> None:
 def load_model(spec: dict, device, source: ModelSource | None = None):
     """Tokenizer and model for a model config entry, on ``device``, in eval mode and ``spec['dtype']``."""
     import torch
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     source = source or resolve_model(spec)
     revision = spec.get("revision") if source.kind == "hub" else None
@@ -72,19 +74,29 @@ def load_model(spec: dict, device, source: ModelSource | None = None):
     except OSError as error:
         raise SourceError(f"model {spec['id']}: cannot load it from {source.describe()} ({error}); "
                           + how_to_provide(spec["id"])) from error
-    if tokenizer.pad_token is None:
-        if tokenizer.eos_token is None:
-            raise ValueError(f"model {spec['id']}: tokenizer has neither a pad nor an end-of-text token")
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "right"
+    try:
+        config = AutoConfig.from_pretrained(source.location, revision=revision, trust_remote_code=trust)
+    except OSError as error:
+        raise SourceError(f"model {spec['id']}: cannot read its config from {source.describe()} ({error}); "
+                          + how_to_provide(spec["id"])) from error
+    family = family_of(config, f"model {spec['id']}")  # refuse T5 & co. before loading any weight
+    prepare_tokenizer(tokenizer, family, f"model {spec['id']}")
     try:
         model = AutoModel.from_pretrained(
             source.location,
+            config=config,
             revision=revision,
             trust_remote_code=trust,
             dtype=getattr(torch, TORCH_DTYPES[spec.get("dtype", "float32")]),
             use_safetensors=None if spec.get("allow_pickle_weights") else True,
         )
+    except RuntimeError as error:
+        if "mismatch" not in str(error):
+            raise
+        raise SourceError(f"model {spec['id']}: the weights in {source.describe()} do not have the shapes its "
+                          "config.json implies (transformers' load report above lists them); the weights belong to "
+                          "another configuration: put the config.json saved with these weights beside them "
+                          "(`tokenuni check` names every tensor that differs)") from error
     except OSError as error:
         safetensors = "" if spec.get("allow_pickle_weights") else (
             " (only *.safetensors weights are loaded unless `allow_pickle_weights: true`)")
@@ -157,9 +169,13 @@ def length_sorted_batches(lengths: list[int], batch_size: int) -> list[np.ndarra
 
 
 def effective_max_length(model_spec: dict, model) -> int:
-    """``model_spec['max_length']`` (default 128), capped at the model's position embeddings (with a warning)."""
+    """``model_spec['max_length']`` (default 128), capped at the positions the model takes (with a warning).
+
+    RoBERTa and MPNet count positions from ``padding_idx + 1``: they take two fewer tokens than their
+    ``max_position_embeddings`` (:func:`tokenuni.families.max_positions`).
+    """
     max_length = int(model_spec.get("max_length", 128))
-    model_max = getattr(model.config, "max_position_embeddings", None)
+    model_max = max_positions(model.config)
     if model_max and max_length > model_max:
         log.warning("max_length %d exceeds the model's %d positions; using %d", max_length, model_max, model_max)
         max_length = int(model_max)
@@ -173,7 +189,8 @@ def forward_hidden_states(tokenizer, model, input_ids: list[list[int]], batch_si
 
     Inputs are batched by :func:`length_sorted_batches` (longest first, so padding is minimal),
     right-padded by ``tokenizer.pad`` and run under ``torch.inference_mode`` with
-    ``output_hidden_states=True``. Yields, per batch, ``(chunk, hidden_states, attention_mask)``:
+    ``output_hidden_states=True`` and the inputs the model's family takes
+    (:meth:`tokenuni.families.Family.model_inputs`). Yields, per batch, ``(chunk, hidden_states, attention_mask)``:
     ``chunk`` the indices into ``input_ids`` of the batch's rows, ``hidden_states`` the model's tuple of
     ``num_hidden_layers + 1`` tensors (batch, seq, d) on ``device`` (index 0 = embedding output,
     i = output of block i), ``attention_mask`` (batch, seq) with 1 on real tokens. A progress bar
@@ -183,6 +200,7 @@ def forward_hidden_states(tokenizer, model, input_ids: list[list[int]], batch_si
     from tqdm.auto import tqdm
 
     n_layers = int(model.config.num_hidden_layers) + 1
+    family = family_of(model.config, f"model {model_id}" if model_id else "")
     lengths = [len(ids) for ids in input_ids]
     bar = tqdm(total=int(sum(lengths)), unit="tok", desc=desc, disable=not progress)
     try:
@@ -190,7 +208,7 @@ def forward_hidden_states(tokenizer, model, input_ids: list[list[int]], batch_si
             features = tokenizer.pad({"input_ids": [input_ids[i] for i in chunk]}, return_tensors="pt")
             features = {k: v.to(device) for k, v in features.items()}
             with torch.inference_mode():
-                output = model(**features, output_hidden_states=True)
+                output = model(**family.model_inputs(**features), output_hidden_states=True)
             hidden = output.hidden_states
             name = model_id or getattr(model.config, "name_or_path", "") or type(model).__name__
             if len(hidden) != n_layers:
@@ -262,11 +280,12 @@ def embed_corpus(corpus_path, model_spec: dict, out_path=None, *, corpus_name: s
     texts = corpus["text"].to_pylist()
     sentence_ids = corpus["sentence_id"].to_numpy()
     if not texts:
-        raise ValueError(f"corpus {corpus_path} is empty: nothing to embed")
+        raise CorpusError(f"corpus {corpus_path} is empty: nothing to embed")
     if out_path is None and consumer is None:
         raise ValueError("embed_corpus: neither a dump path nor a consumer: nothing would be kept")
 
     tokenizer, model = load_model(model_spec, torch_device, source)
+    family = family_of(model.config)
     max_length = effective_max_length(model_spec, model)
     windows = _windows(len(texts), max(int(window_sentences), 1))
     tokenised = None
@@ -277,8 +296,9 @@ def embed_corpus(corpus_path, model_spec: dict, out_path=None, *, corpus_name: s
         input_ids, special_masks, window_truncated = tokenize(tokenizer, texts[window], max_length)
         lengths = [len(ids) for ids in input_ids]
         if 0 in lengths:
-            raise ValueError(f"corpus {corpus_path}: sentence_id {int(sentence_ids[window][lengths.index(0)])} tokenises "
-                             f"to no tokens with {model_spec['id']} (an empty text); set drop_empty: true for this corpus")
+            raise CorpusError(f"corpus {corpus_path}: sentence_id {int(sentence_ids[window][lengths.index(0)])} "
+                              f"tokenises to no tokens with {model_spec['id']} (an empty text); set drop_empty: true "
+                              "for this corpus")
         ids = np.concatenate([np.asarray(i, dtype=np.int64) for i in input_ids])
         counts = np.bincount(ids, minlength=int(ids.max()) + 1)
         if len(counts) > len(frequency):
@@ -292,9 +312,9 @@ def embed_corpus(corpus_path, model_spec: dict, out_path=None, *, corpus_name: s
     hidden_size = int(model.config.hidden_size)
     precision = dump_precision(model_spec)
     if precision not in DUMP_PRECISIONS:
-        raise ValueError(f"model {model_spec['id']}: dump_precision {precision!r} not supported "
-                         f"(choose {', '.join(DUMP_PRECISIONS)})")
-    empty = sum(not text.strip() for text in texts)
+        raise DumpError(f"model {model_spec['id']}: dump_precision {precision!r} not supported "
+                        f"(choose {', '.join(DUMP_PRECISIONS)})")
+    empty = sum(not has_visible_text(text) for text in texts)
     metadata = {
         "model_dtype": model_spec.get("dtype", "float32"),
         "empty_sentences": str(empty),
@@ -309,16 +329,17 @@ def embed_corpus(corpus_path, model_spec: dict, out_path=None, *, corpus_name: s
         "truncated_sentences": str(truncated),
         "frequency": "occurrences of token_id in the tokenised (truncated) corpus, special tokens included",
         "versions": library_versions(),
-        "is_decoder": str(bool(getattr(model.config, "is_decoder", False)
-                               or model.config.model_type in {"gpt2", "gpt_neo", "gpt_neox", "gptj", "llama",
-                                                              "mistral", "opt", "qwen2", "bloom", "falcon"})).lower(),
+        "family": family.name,
+        "is_decoder": str(family.causal).lower(),
+        "special_tokens": family.added_tokens,
         "training_step": "" if model_spec.get("training_step") is None else str(model_spec["training_step"]),
         "layernorm": layernorm_scales(model),
     }
     if truncated:
         log.warning("%d of %d sentences were longer than %d tokens and were truncated", truncated, len(texts), max_length)
     if empty:
-        log.warning("%d of %d sentences are empty or whitespace-only (kept: drop_empty is off for this corpus); "
+        log.warning("%d of %d sentences are empty, whitespace-only or without visible characters (kept: drop_empty "
+                    "is off for this corpus); "
                     "they are embedded as special tokens only", empty, len(texts))
     # the consumer sees the metadata a reader of the dump would (strings; JSON for structured values)
     as_read = {key: value if isinstance(value, str) else json.dumps(value) for key, value in metadata.items()}

@@ -44,25 +44,31 @@ from pathlib import Path
 
 import numpy as np
 
-from tokenuni.corpora import CorpusError, Example, read_mirror
+from tokenuni.corpora import FORMAT_LABELS, CorpusError, Example, has_visible_text, read_mirror
 from tokenuni.numerics import pearson, spearman
 
 log = logging.getLogger(__name__)
 
 _BINARY = {"0": 0, "1": 1}
 
+
+def _label_ids(fmt: str) -> dict[str, int]:
+    """Raw label -> class id of a mirror format (its label set, in class-id order, lives in tokenuni.corpora)."""
+    return {label: index for index, label in enumerate(FORMAT_LABELS[fmt])}
+
+
 GLUE_TASKS: dict[str, dict] = {
     "sst2": {"format": "sst2", "train": "glue/SST-2/train.tsv", "dev": "glue/SST-2/dev.tsv",
-             "kind": "classification", "num_labels": 2, "labels": dict(_BINARY),
+             "kind": "classification", "num_labels": 2, "labels": _label_ids("sst2"),
              "metrics": ["accuracy"], "main_metric": "accuracy", "available": True},
     "mrpc": {"format": "mrpc", "train": "glue/MRPC/train.tsv", "dev": "glue/MRPC/dev.tsv",
-             "kind": "classification", "num_labels": 2, "labels": dict(_BINARY),
+             "kind": "classification", "num_labels": 2, "labels": _label_ids("mrpc"),
              "metrics": ["f1", "accuracy"], "main_metric": "f1", "available": True},
     "rte": {"format": "rte", "train": "glue/RTE/train.tsv", "dev": "glue/RTE/dev.tsv",
-            "kind": "classification", "num_labels": 2, "labels": {"entailment": 0, "not_entailment": 1},
+            "kind": "classification", "num_labels": 2, "labels": _label_ids("rte"),
             "metrics": ["accuracy"], "main_metric": "accuracy", "available": True},
     "cola": {"format": "cola", "train": "glue/CoLA/train.tsv", "dev": "glue/CoLA/dev.tsv",
-             "kind": "classification", "num_labels": 2, "labels": dict(_BINARY),
+             "kind": "classification", "num_labels": 2, "labels": _label_ids("cola"),
              "metrics": ["matthews_corrcoef"], "main_metric": "matthews_corrcoef", "available": True},
     "stsb": {"format": "stsb", "train": "stsbenchmark/sts-train.csv", "dev": "stsbenchmark/sts-dev.csv",
              "kind": "regression", "num_labels": 1, "labels": None,
@@ -184,11 +190,13 @@ def _mirror_root(mirror_root) -> Path:
     return Path(root).expanduser()
 
 
-def _read_by_columns(path: Path, name: str, columns: tuple[str, str, str]) -> list[Example]:
-    """QNLI / QQP / MNLI: tab-separated with a header; sentence pair and label found by column name."""
+def _read_by_columns(path: Path, name: str, columns: tuple[str, str, str], labels) -> list[Example]:
+    """QNLI / QQP / MNLI: tab-separated with a header; sentence pair and label found by column name, every
+    row with the header's field count and a label in ``labels``."""
     from tokenuni.corpora import _read_glue_pairs, _read_lines
 
-    return list(_read_glue_pairs(_read_lines(path, name), *columns))
+    first, second, label = columns
+    return list(_read_glue_pairs(_read_lines(path, name), first, second, label, tuple(labels)))
 
 
 def load_task(task: str | dict, split: str, mirror_root=None, max_examples: int | None = None,
@@ -212,11 +220,20 @@ def load_task(task: str | dict, split: str, mirror_root=None, max_examples: int 
         note = "" if spec.get("available", True) else f" (the shared mirror does not carry {name.upper()})"
         raise GlueDataError(f"GLUE task {name!r}, split {split!r}: missing mirror file {path}{note}")
     if spec["format"] is None:
-        examples = _read_by_columns(path, relative, spec["columns"])
+        examples = _read_by_columns(path, relative, spec["columns"], spec["labels"])
     else:
-        examples = read_mirror(spec["format"], [relative], root)
+        skipped: dict[str, int] = {}
+        examples = read_mirror(spec["format"], [relative], root, skipped=skipped)
+        if skipped:
+            log.warning("GLUE %s %s: skipped %s in %s", name, split,
+                        ", ".join(f"{n} {reason.replace('_', ' ')}(s)" for reason, n in skipped.items()), path)
     if not examples:
         raise GlueDataError(f"{path}: no examples")
+    for example in examples:  # every row is kept, so an empty text is an error, not a skip
+        for text, field_name in zip(example.texts, example.fields or ()):
+            if not has_visible_text(text):
+                raise GlueDataError(f"{example.where}: {field_name} {text!r} has no visible characters (empty, "
+                                    "whitespace or invisible format characters only); fix or remove the row")
 
     if spec["kind"] == "regression":
         if any(e.score is None for e in examples):

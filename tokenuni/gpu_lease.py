@@ -37,6 +37,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from tokenuni.errors import TokenuniError
+
+
+class GpuLeaseError(TokenuniError, RuntimeError):
+    """No GPU lease can be had: more GPUs asked for than the machine has, or none free in time."""
+
 log = logging.getLogger(__name__)
 
 #: override of the device list (comma-separated ids); empty means "no GPU"
@@ -133,8 +139,8 @@ def lease_gpu(n: int = 1, *, lock_dir: str | Path | None = None, devices: Sequen
         yield []
         return
     if n > len(devices):
-        raise ValueError(f"a job asks for {n} GPUs but this machine has {len(devices)} ({','.join(devices)}); "
-                         f"lower the job's gpu resource or set {DEVICES_ENV}")
+        raise GpuLeaseError(f"a job asks for {n} GPUs but this machine has {len(devices)} ({','.join(devices)}); "
+                            f"lower the job's gpu resource or set {DEVICES_ENV}")
     lock_dir = Path(lock_dir) if lock_dir is not None else default_lock_dir()
     lock_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     start, waiting_logged = time.monotonic(), 0.0
@@ -151,8 +157,8 @@ def lease_gpu(n: int = 1, *, lock_dir: str | Path | None = None, devices: Sequen
         _release([fd for _, fd in held])  # never sit on part of a lease while waiting
         waited = time.monotonic() - start
         if timeout is not None and waited >= timeout:
-            raise TimeoutError(f"no {n} free GPU(s) of {','.join(devices)} after {waited:.0f} s "
-                               f"(held: {_holders(lock_dir, devices)}; lock files in {lock_dir})")
+            raise GpuLeaseError(f"no {n} free GPU(s) of {','.join(devices)} after {waited:.0f} s "
+                                f"(held: {_holders(lock_dir, devices)}; lock files in {lock_dir})")
         if not waiting_logged or time.monotonic() - waiting_logged > 300:
             log.info("GPU lease: all %d GPU(s) busy (%s); waiting for %d (lock files in %s)",
                      len(devices), _holders(lock_dir, devices), n, lock_dir)

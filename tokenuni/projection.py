@@ -39,8 +39,14 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
+from tokenuni.errors import TokenuniError
 from tokenuni.numerics import descending_eigh, kmeans
 from tokenuni.store import DumpError
+
+
+class ProjectionError(TokenuniError, ValueError):
+    """Projection options, layers or a clusters table that cannot give what was asked."""
+
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +63,11 @@ def resolve_layers(layers, n_layers: int, path) -> list[int]:
     resolved = []
     for layer in layers:
         if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)):
-            raise ValueError(f"{path}: layer {layer!r} is not an integer layer index")
+            raise ProjectionError(f"{path}: layer {layer!r} is not an integer layer index")
         index = int(layer) + n_layers if layer < 0 else int(layer)
         if not 0 <= index < n_layers:
-            raise ValueError(f"{path}: layer {layer} does not exist; the dump has layers 0..{n_layers - 1} "
-                             f"(layer 0 = embedding output; negative indices count from the last layer)")
+            raise ProjectionError(f"{path}: layer {layer} does not exist; the dump has layers 0..{n_layers - 1} "
+                                  f"(layer 0 = embedding output; negative indices count from the last layer)")
         if index not in resolved:
             resolved.append(index)
     return sorted(resolved)
@@ -72,8 +78,8 @@ def mms_k_by_layer(clusters_table) -> dict[int, int]:
     table = clusters_table if isinstance(clusters_table, pd.DataFrame) else pd.read_parquet(clusters_table)
     rows = table[table["metric"] == "mms_k"]
     if rows.empty:
-        raise ValueError(f"clusters table {clusters_table if not isinstance(clusters_table, pd.DataFrame) else ''} "
-                         f"has no mms_k rows (is it the table of the clusters metric?)")
+        name = "" if isinstance(clusters_table, pd.DataFrame) else clusters_table
+        raise ProjectionError(f"clusters table {name} has no mms_k rows (is it the table of the clusters metric?)")
     return {int(layer): int(round(value)) for layer, value in zip(rows["layer"], rows["value"])}
 
 
@@ -87,15 +93,15 @@ def projection_options(options: Mapping, clusters_table=None) -> dict:
     known = {"enabled", "layers", "sample_size", "seed", "components", "clusters", "special_tokens", "kmeans"}
     unknown = sorted(set(options) - known)
     if unknown:
-        raise ValueError(f"projection: unknown option(s) {unknown}; known: {sorted(known)}")
+        raise ProjectionError(f"projection: unknown option(s) {unknown}; known: {sorted(known)}")
     clusters = options.get("clusters")
     if clusters == "mms":
         if clusters_table is None:
-            raise ValueError('projection: clusters "mms" takes k per layer from the clusters metric; '
-                             "pass its table (--clusters-table) or set clusters to an integer k or null")
+            raise ProjectionError('projection: clusters "mms" takes k per layer from the clusters metric; '
+                                  "pass its table (--clusters-table) or set clusters to an integer k or null")
         clusters = mms_k_by_layer(clusters_table)
     elif isinstance(clusters, str):
-        raise ValueError(f'projection: clusters must be "mms", an integer k or null, got {clusters!r}')
+        raise ProjectionError(f'projection: clusters must be "mms", an integer k or null, got {clusters!r}')
     return {"layers": options.get("layers"), "sample_size": int(options.get("sample_size", 5000)),
             "seed": int(options.get("seed", 0)), "components": int(options.get("components", 3)),
             "clusters": clusters, "special_tokens": bool(options.get("special_tokens", False)),
@@ -108,16 +114,16 @@ def _clusters_per_layer(clusters, layers: list[int], path) -> dict[int, int]:
     if isinstance(clusters, Mapping):
         missing = [layer for layer in layers if layer not in clusters]
         if missing:
-            raise ValueError(f"{path}: no number of clusters for layer(s) {missing} "
-                             f"(clusters given for layers {sorted(clusters)})")
+            raise ProjectionError(f"{path}: no number of clusters for layer(s) {missing} "
+                                  f"(clusters given for layers {sorted(clusters)})")
         ks = {layer: int(clusters[layer]) for layer in layers}
     elif isinstance(clusters, (int, np.integer)) and not isinstance(clusters, bool):
         ks = {layer: int(clusters) for layer in layers}
     else:
-        raise ValueError(f"clusters must be None, an integer k or a mapping layer -> k, got {clusters!r}")
+        raise ProjectionError(f"clusters must be None, an integer k or a mapping layer -> k, got {clusters!r}")
     bad = {layer: k for layer, k in ks.items() if k < 1}
     if bad:
-        raise ValueError(f"{path}: the number of clusters must be >= 1, got {bad} (layer: k)")
+        raise ProjectionError(f"{path}: the number of clusters must be >= 1, got {bad} (layer: k)")
     return ks
 
 
@@ -148,13 +154,13 @@ def token_projection(dump_path, *, layers=None, sample_size: int = 5000, seed: i
     )
 
     if int(sample_size) < 1:
-        raise ValueError(f"projection: sample_size must be at least 1, got {sample_size}")
+        raise ProjectionError(f"projection: sample_size must be at least 1, got {sample_size}")
     if int(components) < 1:
-        raise ValueError(f"projection: components must be at least 1, got {components}")
+        raise ProjectionError(f"projection: components must be at least 1, got {components}")
     kmeans_options = {**KMEANS_DEFAULTS, **(kmeans_options or {})}
     unknown = sorted(set(kmeans_options) - set(KMEANS_DEFAULTS))
     if unknown:
-        raise ValueError(f"projection: unknown k-means option(s) {unknown}; known: {sorted(KMEANS_DEFAULTS)}")
+        raise ProjectionError(f"projection: unknown k-means option(s) {unknown}; known: {sorted(KMEANS_DEFAULTS)}")
     device = torch.device(device)
     token_set = "all" if special_tokens else "regular"
     key = f"{int(seed)}_{token_set}"
@@ -178,7 +184,7 @@ def token_projection(dump_path, *, layers=None, sample_size: int = 5000, seed: i
     layer_list = resolve_layers(layers, n_layers, path)
     ks = _clusters_per_layer(clusters, layer_list, path)
     if int(components) > hidden_size:
-        raise ValueError(f"{path}: components={components} exceeds the hidden size {hidden_size}")
+        raise ProjectionError(f"{path}: components={components} exceeds the hidden size {hidden_size}")
     all_moments = LayerMoments.from_state_dict(statistics, n_layers, device)
     n_tokens = all_moments.of(layer_list[0], token_set).count
     if n_tokens < 2:
@@ -190,6 +196,10 @@ def token_projection(dump_path, *, layers=None, sample_size: int = 5000, seed: i
     keys = np.asarray(statistics[f"{prefix}/keys"])
     chosen = np.sort(np.argsort(keys, kind="stable")[:int(sample_size)])  # the stored order is (sentence, position)
     rows = np.asarray(statistics[f"{prefix}/row"])[chosen].astype(np.int64)
+    if 1 < len(rows) < int(sample_size):  # every token is in the sample: record the size used, say so once
+        log.warning("projection %s/%s: sample_size %d lowered to %d, the number of tokens in the dump (special "
+                    "tokens %s); the table records %d", model, corpus, int(sample_size), len(rows),
+                    "included" if special_tokens else "excluded", len(rows))
     base = pd.DataFrame({
         "model": model,
         "training_step": pd.array([int(meta["training_step"]) if meta.get("training_step") else pd.NA] * len(rows),
@@ -235,7 +245,7 @@ def token_projection(dump_path, *, layers=None, sample_size: int = 5000, seed: i
             frame["cluster"] = pd.array([pd.NA] * len(rows), dtype="Int64")
             frame["cluster_k"] = pd.array([pd.NA] * len(rows), dtype="Int64")
         frame["seed"] = int(seed)
-        frame["sample_size"] = int(sample_size)
+        frame["sample_size"] = len(rows)  # the sample drawn: sample_size, or every token when there are fewer
         frames.append(frame)
         log.info("projection %s/%s layer %d: %d tokens, PC1-%d explain %s of the variance%s", model, corpus, layer,
                  moment.count, int(components),

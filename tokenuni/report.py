@@ -51,7 +51,7 @@ HEADLINE_METRICS = [
     "sentence_top_singular_fraction",
 ]
 #: by-layer figures that describe the computation rather than the geometry: shown last
-DIAGNOSTIC_ROWS = ["lid_k", "lid_duplicate_tokens", "sentence_spectrum_skipped"]
+DIAGNOSTIC_ROWS = ["lid_k", "lid_duplicate_tokens", "sentence_spectrum_skipped", "clusters_k_max"]
 #: per-(model, corpus) figures shown first, in this order; others follow by name
 PER_MODEL_ORDER = ["singular_value_cdf"]
 PROJECTION_WORDS = ("pca", "projection", "umap", "tsne", "scatter")
@@ -616,7 +616,10 @@ def build_report(results_dir, config, out_html, *, run_records_dir=None, sync_fi
 
     results = Path(results_dir)
     if not results.is_dir():
-        raise FileNotFoundError(f"report: results folder {results} does not exist")
+        from tokenuni.errors import TokenuniError
+
+        raise TokenuniError(f"report: results folder {results} does not exist; run the study first, or pass its "
+                            "results folder with --results")
     out_html = Path(out_html)
     text, parsed, config_note = _read_config(config)
     study = Study(results=results, config_text=text, config=parsed, config_note=config_note)

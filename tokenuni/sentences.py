@@ -17,8 +17,11 @@ tokens when ``special_tokens`` is false):
           Token Uniformity in Transformers via Singular Value Transformation", UAI 2022) — whose
           repositories disagree on "first": the embedding output (``[0, -1]``) or block 1
           (``[1, -1]``; the layers that reproduce the tokenUni paper's BERT baseline). Name them explicitly.
-``cls``   v = H̄_0, the first token (position 0: [CLS] for BERT-like models, <s> for RoBERTa; for
-          a decoder such as GPT-2 simply the first word piece).
+``cls``   v = H̄_c, the token that summarises the sentence (:func:`tokenuni.families.sentence_token_index`):
+          for an encoder the first token ([CLS] for BERT-like models, <s> for RoBERTa and MPNet);
+          for a causal decoder (GPT-2, Llama, Qwen2) the **last real token**, the only one that has
+          seen the whole sentence (its first token has seen nothing but itself). The file's pooling
+          metadata records which (``token``: ``first`` or ``last``).
 ``max``   v_k = max_{t∈T} H̄_{t,k}, element-wise (Conneau et al., InferSent, EMNLP 2017).
 
 Pooling runs in float64 on the model's device; the vectors are stored as float32. Rajaee & Pilehvar
@@ -45,6 +48,7 @@ from tokenuni.devices import select_device
 from tokenuni.embed import effective_max_length, forward_hidden_states, load_model, tokenize
 from tokenuni.errors import TokenuniError
 from tokenuni.files import atomic_path, library_versions
+from tokenuni.families import family_of, sentence_token_states
 from tokenuni.sources import resolve_model
 from tokenuni.store import LAYER_CONVENTION, META_PREFIX, vectors
 
@@ -95,8 +99,8 @@ def validate_pooling(name: str, spec: dict, n_layers: int | None = None) -> dict
     if not isinstance(special_tokens, bool):
         raise SentenceEmbeddingError(f"{where}: special_tokens must be true or false, got {special_tokens!r}")
     if pool == "cls" and not special_tokens:
-        raise SentenceEmbeddingError(f"{where}: pool 'cls' takes the first token ([CLS]); "
-                                     "special_tokens: false contradicts it")
+        raise SentenceEmbeddingError(f"{where}: pool 'cls' takes the sentence token ([CLS] / <s>, or a decoder's "
+                                     "last token); special_tokens: false contradicts it")
     if n_layers is not None:
         bad = [layer for layer in layers if not -n_layers <= layer < n_layers]
         if bad:
@@ -112,17 +116,19 @@ def validate_pooling(name: str, spec: dict, n_layers: int | None = None) -> dict
     return {"pool": pool, "layers": layers, "special_tokens": special_tokens}
 
 
-def pool_hidden_states(hidden_states, attention_mask, special_mask, spec: dict):
+def pool_hidden_states(hidden_states, attention_mask, special_mask, spec: dict, sentence_token: str = "first"):
     """Pool one batch: (batch, d) float64 tensor for a resolved ``spec`` (see the module docstring).
 
     ``hidden_states`` is the model's tuple of (batch, seq, d) tensors, ``attention_mask`` (batch, seq)
-    1 on real tokens, ``special_mask`` (batch, seq) bool, true on special tokens.
+    1 on real tokens, ``special_mask`` (batch, seq) bool, true on special tokens; ``sentence_token``
+    the token ``cls`` reads (``first``, or ``last`` real token for causal models:
+    :attr:`tokenuni.families.Family.sentence_token`).
     """
     import torch
 
     layer_mean = torch.stack([hidden_states[layer].double() for layer in spec["layers"]]).mean(dim=0)
     if spec["pool"] == "cls":
-        return layer_mean[:, 0]
+        return sentence_token_states(layer_mean, attention_mask, sentence_token)
     keep = attention_mask.bool()
     if not spec["special_tokens"]:
         keep = keep & ~special_mask
@@ -157,6 +163,7 @@ def embed_sentences(corpus_path, model_spec: dict, poolings: dict[str, dict], ou
         raise SentenceEmbeddingError(f"corpus {corpus_path} is empty: nothing to embed")
 
     tokenizer, model = load_model(model_spec, torch_device, source)
+    sentence_token = family_of(model.config).sentence_token
     n_layers = int(model.config.num_hidden_layers) + 1
     hidden_size = int(model.config.hidden_size)
     resolved = {name: validate_pooling(name, spec, n_layers) for name, spec in poolings.items()}
@@ -180,7 +187,7 @@ def embed_sentences(corpus_path, model_spec: dict, poolings: dict[str, dict], ou
             special = special.to(attention_mask.device)
             for name, spec in resolved.items():
                 try:
-                    values = pool_hidden_states(hidden, attention_mask, special, spec)
+                    values = pool_hidden_states(hidden, attention_mask, special, spec, sentence_token)
                 except SentenceEmbeddingError as error:
                     ids = corpus["sentence_id"].to_numpy()[chunk].tolist()
                     raise SentenceEmbeddingError(
@@ -206,8 +213,10 @@ def embed_sentences(corpus_path, model_spec: dict, poolings: dict[str, dict], ou
         "truncated_sentences": str(truncated),
         "n_layers": str(n_layers),
         "hidden_size": str(hidden_size),
-        "poolings": json.dumps({name: {**spec, "requested_layers": list(poolings[name]["layers"])}
+        "poolings": json.dumps({name: {**spec, "requested_layers": list(poolings[name]["layers"]),
+                                       **({"token": sentence_token} if spec["pool"] == "cls" else {})}
                                 for name, spec in resolved.items()}),
+        "family": family_of(model.config).name,
         "layer_convention": LAYER_CONVENTION,
         "versions": json.dumps(library_versions()),
     }

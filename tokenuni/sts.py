@@ -88,14 +88,18 @@ def check_pair_count(dataset_key: str, n_pairs: int, expected: int | None = None
                    "results would not be comparable with the literature")
 
 
-def pair_cosines(table, vectors: np.ndarray, *, device: str = "cpu") -> pd.DataFrame:
+def pair_cosines(table, vectors: np.ndarray, *, device: str = "cpu", dataset: str | None = None) -> pd.DataFrame:
     """One row per pair: ``pair_id, subset, score, cosine`` (side 0 against side 1), sorted by ``pair_id``.
 
     ``table`` holds the corpus columns ``pair_id, side, score, subset`` (a pyarrow Table, e.g. from
     :func:`tokenuni.sentences.read_sentences`, or a DataFrame) row-aligned with ``vectors`` (n, d).
-    The cosine is computed in float64 on ``device``.
+    The cosine is computed in float64 on ``device``. ``dataset`` (the corpus key) names it in errors.
     """
     import torch
+
+    what = f"STS dataset '{dataset}'" if dataset else "pair_cosines"
+    fix = ("; sts.datasets takes corpora of paired, scored sentences (mirror formats stsb, sick, sts_semeval, or hub "
+           "corpora mapping text_a, text_b and score)")
 
     frame = table.to_pandas() if hasattr(table, "to_pandas") and not isinstance(table, pd.DataFrame) else table
     frame = frame.reset_index(drop=True).assign(_row=np.arange(len(frame)))
@@ -106,9 +110,9 @@ def pair_cosines(table, vectors: np.ndarray, *, device: str = "cpu") -> pd.DataF
     if missing:
         raise STSError(f"pair_cosines: the table lacks column(s) {missing}")
     if frame["pair_id"].isna().any() or frame["side"].isna().any():
-        raise STSError("pair_cosines: the corpus is not paired (rows without pair_id/side)")
+        raise STSError(f"{what}: the corpus is not paired (rows without pair_id/side){fix}")
     if frame["score"].isna().any():
-        raise STSError("pair_cosines: some pairs have no gold score")
+        raise STSError(f"{what}: some pairs have no gold score{fix}")
     sides = [frame[frame["side"] == side].set_index("pair_id") for side in (0, 1)]
     if len(sides[0]) + len(sides[1]) != len(frame) or not sides[0].index.is_unique or not sides[1].index.is_unique:
         raise STSError("pair_cosines: every pair needs exactly one side-0 and one side-1 sentence")

@@ -23,7 +23,14 @@ import pandas as pd
 log = logging.getLogger(__name__)
 
 SCORE_COLUMNS = ["model", "pooling", "layers", "transform", "transform_type", "params", "fit_on", "dataset",
-                 "protocol", "subset", "spearman", "pearson", "n"]
+                 "protocol", "subset", "spearman", "pearson", "n", "fitted"]
+#: numbers of a fitted transform's summary that say it did less than its options asked (when above 0)
+LOWERED = {
+    "n_zeroed": "of the kept whitening directions are set to 0: the fit set spans fewer directions than k "
+                "(N fit vectors span at most N - 1); fit on more sentences or lower k",
+    "clusters_with_fewer_pcs": "cluster(s) had fewer points than pcs and removed fewer components; lower clusters "
+                               "or pcs",
+}
 GEOMETRY_COLUMNS = ["model", "pooling", "layers", "transform", "dataset", "metric", "variant", "value", "n",
                     "sample_size", "seed"]
 
@@ -43,14 +50,14 @@ def evaluate_transform(sentence_files: dict[str, Path], datasets: list[str], *, 
     """Fit (per dataset or once), apply, correlate; returns the tidy score and geometry tables."""
     from tokenuni.metrics import metric_on_matrix
     from tokenuni.sentences import read_sentences, sentences_metadata
-    from tokenuni.sts import check_pair_count, pair_cosines, sts_correlations, sts_dataset_key
+    from tokenuni.sts import STSError, check_pair_count, pair_cosines, sts_correlations, sts_dataset_key
     from tokenuni.transforms import make_transform
 
     kind, params = transform_spec["type"], dict(transform_spec.get("params") or {})
     fit_on = transform_spec.get("fit_on", "pool")
     missing = [d for d in datasets + ([fit_on] if fit_on != "pool" else []) if d not in sentence_files]
     if missing:
-        raise ValueError(f"transform {transform_name}: no sentence embeddings for {', '.join(missing)}")
+        raise STSError(f"transform {transform_name}: no sentence embeddings for {', '.join(missing)}")
     shared = None
     if fit_on != "pool":
         _, fit_vectors = read_sentences(sentence_files[fit_on], pooling)
@@ -59,6 +66,7 @@ def evaluate_transform(sentence_files: dict[str, Path], datasets: list[str], *, 
         log.info("%s fit on %s (%d sentences)", transform_name, fit_on, len(fit_vectors))
     layers = _pooling_layers(sentence_files[datasets[0]], pooling)
     scores, geometry = [], []
+    warned: set[str] = set()
     for dataset in datasets:
         table, vectors = read_sentences(sentence_files[dataset], pooling)
         transform = shared
@@ -69,7 +77,13 @@ def evaluate_transform(sentence_files: dict[str, Path], datasets: list[str], *, 
             Path(fitted_dir).mkdir(parents=True, exist_ok=True)
             transform.save(Path(fitted_dir) / f"{'shared' if shared is not None else dataset}.npz")
         transformed = np.asarray(transform.transform(vectors), dtype=np.float64)
-        pairs = pair_cosines(table, transformed)
+        fitted = transform.summary()
+        for key, meaning in LOWERED.items():
+            if fitted.get(key) and key not in warned:  # once per job, with the value used recorded in `fitted`
+                warned.add(key)
+                log.warning("transform %s (%s, fit on %s): %d %s", transform_name, kind, transform.fitted_on,
+                            fitted[key], meaning)
+        pairs = pair_cosines(table, transformed, dataset=dataset)
         sampled = sentences_metadata(sentence_files[dataset]).get("corpus_max_sentences", "null") not in ("null", "")
         for key, group in pairs.groupby(pairs["subset"].map(lambda s: sts_dataset_key(s) or "")):
             if key:  # a known release: it must be complete unless it was sampled on purpose
@@ -78,7 +92,8 @@ def evaluate_transform(sentence_files: dict[str, Path], datasets: list[str], *, 
         for row in correlations.to_dict("records"):
             scores.append({"model": model, "pooling": pooling, "layers": layers, "transform": transform_name,
                            "transform_type": kind, "params": json.dumps(transform.params(), sort_keys=True),
-                           "fit_on": transform.fitted_on, **row})
+                           "fit_on": transform.fitted_on, "fitted": json.dumps(fitted, sort_keys=True, default=float),
+                           **row})
         for metric in geometry_metrics:
             for value in metric_on_matrix(metric, {}, transformed, device=device):
                 if value.component is not None:

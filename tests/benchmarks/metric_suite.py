@@ -28,7 +28,10 @@ from common import (REPO, Row, add_model_arguments, default_metric_options, mach
                     model_from_arguments, parser, print_table, resolve_device, write_json)
 
 TITLE = "metric suite: one read per dump"
-START_COMMIT = "49ad078"
+#: the per-metric jobs compared with: main as last merged (8d47074: the per-metric code the one-pass design started
+#: from, 49ad078, plus main's recorded caps -- the clusters_k_max row, the sample size used); move it when a later
+#: merge of main changes what a metric's table holds
+START_COMMIT = "8d47074"
 SAMPLED = ("clusters", "lid", "alignment_uniformity")
 
 BEFORE = r'''

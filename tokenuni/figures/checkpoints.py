@@ -14,7 +14,7 @@ import pandas as pd
 from matplotlib import colormaps
 
 from tokenuni.figures.layers import scalar_rows
-from tokenuni.figures.style import (_LINESTYLES, _check_columns, _figure_legend, _new_panels, _set_title,
+from tokenuni.figures.style import (FigureError, _LINESTYLES, _check_columns, _figure_legend, _new_panels, _set_title,
                                     metric_label, model_labels, save_figure)
 
 # (metric row, variant or None)
@@ -62,15 +62,15 @@ def plot_metrics_by_step(table: pd.DataFrame, out_png, out_svg=None, out_pdf=Non
     """
     _check_columns(table, ["model", "corpus", "layer", "metric", "value"])
     if "training_step" not in table.columns or table["training_step"].notna().sum() == 0:
-        raise ValueError("the metrics table has no training_step values: list a model at several checkpoints "
-                         "(models.<key>.checkpoints: [{step: ..., revision: ...}, ...]) to draw metrics by step")
+        raise FigureError("the metrics table has no training_step values: list a model at several checkpoints "
+                          "(models.<key>.checkpoints: [{step: ..., revision: ...}, ...]) to draw metrics by step")
     stepped = table[table["training_step"].notna()]
     if corpora is not None:
         corpora = [corpora] if isinstance(corpora, str) else list(corpora)
         stepped = stepped[stepped["corpus"].astype(str).isin(corpora)]
     steps = sorted({int(v) for v in stepped["training_step"]})
     if len(steps) < 2:
-        raise ValueError(f"metrics by training step need at least two checkpoints; the table holds step(s) {steps}")
+        raise FigureError(f"metrics by training step need at least two checkpoints; the table holds step(s) {steps}")
     panels = []
     for metric, variant in metrics or CHECKPOINT_METRICS:
         if metric not in set(stepped["metric"]):
@@ -81,8 +81,8 @@ def plot_metrics_by_step(table: pd.DataFrame, out_png, out_svg=None, out_pdf=Non
         if not rows.empty:
             panels.append((metric, variant, rows))
     if not panels:
-        raise ValueError(f"none of {[m for m, _ in (metrics or CHECKPOINT_METRICS)]} has rows with a training_step; "
-                         f"metrics present: {sorted(map(str, stepped['metric'].unique()))}")
+        raise FigureError(f"none of {[m for m, _ in (metrics or CHECKPOINT_METRICS)]} has rows with a training_step; "
+                          f"metrics present: {sorted(map(str, stepped['metric'].unique()))}")
 
     labels = model_labels(table)
     fig, axes = _new_panels(len(panels))

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from matplotlib import colormaps
 
-from tokenuni.figures.style import (_MARKERS, _check_columns, _figure_legend, _new_panels, _set_title,
+from tokenuni.figures.style import (FigureError, _MARKERS, _check_columns, _figure_legend, _new_panels, _set_title,
                                     _variant_name, model_colours, model_labels, save_figure)
 
 # (metric row, metric variant or None, axis label)
@@ -35,7 +35,7 @@ def _ordered(values) -> list[str]:
 def _results(results: pd.DataFrame) -> pd.DataFrame:
     _check_columns(results, ["model", "task", "variant", "seed", "main_metric", "main"])
     if results.empty:
-        raise ValueError("the fine-tuning table is empty")
+        raise FigureError("the fine-tuning table is empty")
     rows = results.copy()
     for column in ("model", "task", "variant"):
         rows[column] = rows[column].astype(str)
@@ -97,9 +97,9 @@ def last_layer_isotropy(geometry: pd.DataFrame, metric: str, variant: str | None
     if "component" in rows.columns:
         rows = rows[rows["component"].isna()]
     if rows.empty:
-        raise ValueError(f"the fine-tuning geometry table holds no {metric!r} rows"
-                         f"{f' with metric_variant {variant!r}' if variant else ''}; metrics present: "
-                         f"{sorted(map(str, geometry['metric'].unique()))}")
+        raise FigureError(f"the fine-tuning geometry table holds no {metric!r} rows"
+                          f"{f' with metric_variant {variant!r}' if variant else ''}; metrics present: "
+                          f"{sorted(map(str, geometry['metric'].unique()))}")
     for column in ("model", "task", "variant"):
         rows[column] = rows[column].astype(str)
     last = rows.groupby("model")["layer"].transform("max")
@@ -126,8 +126,8 @@ def plot_isotropy_vs_score(results: pd.DataFrame, geometry: pd.DataFrame, out_pn
         if not merged.empty:
             panels.append((axis_label, merged))
     if not panels:
-        raise ValueError("no fine-tuning run has last-layer isotropy (isoscore / avg_cosine) in the geometry "
-                         "table; check that both tables come from the same study (model, task, variant, seed)")
+        raise FigureError("no fine-tuning run has last-layer isotropy (isoscore / avg_cosine) in the geometry "
+                          "table; check that both tables come from the same study (model, task, variant, seed)")
     tasks = list(dict.fromkeys(rows["task"]))
     variants = _ordered(rows["variant"])
     cmap = colormaps["tab10"]

@@ -17,9 +17,8 @@ import pandas as pd
 from matplotlib import colormaps
 from matplotlib.ticker import MaxNLocator
 
-from tokenuni.figures.style import (LAYER_AXIS_LABEL, _LINESTYLES, _MARKERS, _check_columns, _new_figure,
-                                    _set_title, _variant_name, metric_label, model_colours, model_labels,
-                                    save_figure)
+from tokenuni.figures.style import (FigureError, LAYER_AXIS_LABEL, _LINESTYLES, _MARKERS, _check_columns, _new_figure,
+                                    _set_title, _variant_name, metric_label, model_colours, model_labels, save_figure)
 
 
 # ---------------------------------------------------------------------------------- singular-value CDF
@@ -34,23 +33,23 @@ def plot_singular_value_cdf(table: pd.DataFrame, out_png, out_svg=None, out_pdf=
     _check_columns(table, ["model", "corpus", "layer", "metric", "variant", "component", "value"])
     rows = table[table["metric"] == "singular_value"]
     if rows.empty:
-        raise ValueError(f"no 'singular_value' rows in the metrics table; metrics present: "
-                         f"{sorted(map(str, table['metric'].dropna().unique()))}")
+        raise FigureError(f"no 'singular_value' rows in the metrics table; metrics present: "
+                          f"{sorted(map(str, table['metric'].dropna().unique()))}")
     pairs = sorted({(str(m), str(c)) for m, c in zip(rows["model"], rows["corpus"])})
     if len(pairs) != 1:
         shown = ", ".join(f"{m}/{c}" for m, c in pairs)
-        raise ValueError(f"plot_singular_value_cdf needs exactly one (model, corpus); the singular_value rows "
-                         f"hold {len(pairs)}: {shown}; filter the table first")
+        raise FigureError(f"plot_singular_value_cdf needs exactly one (model, corpus); the singular_value rows "
+                          f"hold {len(pairs)}: {shown}; filter the table first")
     model, corpus = pairs[0]
     variants = rows["variant"].map(_variant_name)
     rows = rows[variants == variant]
     if rows.empty:
-        raise ValueError(f"no singular_value rows with variant {variant!r} for {model}/{corpus}; "
-                         f"variants present: {sorted(set(variants))}")
+        raise FigureError(f"no singular_value rows with variant {variant!r} for {model}/{corpus}; "
+                          f"variants present: {sorted(set(variants))}")
     duplicated = rows.duplicated(["layer", "component"])
     if duplicated.any():
-        raise ValueError(f"singular_value rows for {model}/{corpus} ({variant}) repeat (layer, component) "
-                         f"{duplicated.sum()} time(s) (several seeds or sample sizes?); filter the table first")
+        raise FigureError(f"singular_value rows for {model}/{corpus} ({variant}) repeat (layer, component) "
+                          f"{duplicated.sum()} time(s) (several seeds or sample sizes?); filter the table first")
 
     label = model_labels(table).get(model, model)
     layers = sorted(int(layer) for layer in rows["layer"].unique())
@@ -69,7 +68,7 @@ def plot_singular_value_cdf(table: pd.DataFrame, out_png, out_svg=None, out_pdf=
         ax.plot(x, y, drawstyle="steps-post", color=colour, linewidth=1.4, label=name)
         plotted += 1
     if plotted == 0:
-        raise ValueError(f"every layer of {model}/{corpus} ({variant}) has an empty or all-zero spectrum")
+        raise FigureError(f"every layer of {model}/{corpus} ({variant}) has an empty or all-zero spectrum")
     ax.set_xlim(0.0, 1.0)
     ax.set_ylim(0.0, 1.02)
     ax.set_xlabel("normalised singular value s / max(s)")
@@ -89,11 +88,11 @@ def scalar_rows(table: pd.DataFrame, metric: str) -> pd.DataFrame:
     _check_columns(table, ["model", "corpus", "layer", "metric", "value"])
     rows = table[table["metric"] == metric].copy()
     if rows.empty:
-        raise ValueError(f"metric {metric!r} is not in the metrics table; metrics present: "
-                         f"{sorted(map(str, table['metric'].dropna().unique()))}")
+        raise FigureError(f"metric {metric!r} is not in the metrics table; metrics present: "
+                          f"{sorted(map(str, table['metric'].dropna().unique()))}")
     if "component" in rows.columns and rows["component"].notna().any():
-        raise ValueError(f"metric {metric!r} is vector-valued (has components); plot_metric_by_layer takes "
-                         f"scalar metrics (use plot_singular_value_cdf for singular_value)")
+        raise FigureError(f"metric {metric!r} is vector-valued (has components); plot_metric_by_layer takes "
+                          f"scalar metrics (use plot_singular_value_cdf for singular_value)")
     rows["variant"] = rows["variant"].map(_variant_name) if "variant" in rows.columns else ""
     if "sample_size" in rows.columns:  # -1 = not subsampled
         rows["sample_size"] = rows["sample_size"].astype("Int64").fillna(-1).astype("int64")

@@ -23,8 +23,8 @@ import textwrap
 import pandas as pd
 
 from tokenuni.figures.layers import draw_metric_lines, line_styles, scalar_rows
-from tokenuni.figures.style import (_check_columns, _figure_legend, _new_panels, _set_layer_axis, _set_title,
-                                    model_colours, model_labels, save_figure)
+from tokenuni.figures.style import (FigureError, _check_columns, _figure_legend, _new_panels, _set_layer_axis,
+                                    _set_title, model_colours, model_labels, save_figure)
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +74,8 @@ def _plot_panels(table: pd.DataFrame, panels, out_png, out_svg, out_pdf, *, corp
         corpora = [corpora] if isinstance(corpora, str) else list(corpora)
         unknown = sorted(set(corpora) - set(table["corpus"].astype(str)))
         if unknown:
-            raise ValueError(f"corpus {unknown} not in the metrics table; corpora present: "
-                             f"{sorted(map(str, table['corpus'].unique()))}")
+            raise FigureError(f"corpus {unknown} not in the metrics table; corpora present: "
+                              f"{sorted(map(str, table['corpus'].unique()))}")
     drawn = []
     for metric, variant, panel_title in panels:
         rows = _panel_rows(table, metric, variant, corpora)
@@ -85,8 +85,8 @@ def _plot_panels(table: pd.DataFrame, panels, out_png, out_svg, out_pdf, *, corp
         drawn.append((metric, variant, panel_title, rows))
     if not drawn:
         wanted = sorted({metric for metric, _, _ in panels})
-        raise ValueError(f"{what}: the metrics table holds none of {wanted}; metrics present: "
-                         f"{sorted(map(str, table['metric'].dropna().unique()))}")
+        raise FigureError(f"{what}: the metrics table holds none of {wanted}; metrics present: "
+                          f"{sorted(map(str, table['metric'].dropna().unique()))}")
 
     labels = model_labels(table)
     colours = model_colours(table["model"].astype(str).unique())

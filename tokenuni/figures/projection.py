@@ -20,7 +20,7 @@ from matplotlib import colormaps
 from matplotlib.colors import Normalize
 from matplotlib.lines import Line2D
 
-from tokenuni.figures.style import (PANEL_FIGSIZE, _check_columns, _new_panels, _set_title, model_labels,
+from tokenuni.figures.style import (FigureError, PANEL_FIGSIZE, _check_columns, _new_panels, _set_title, model_labels,
                                     save_figure)
 
 COLOUR_BY = ("frequency", "cluster")
@@ -57,16 +57,16 @@ def plot_token_projection(table: pd.DataFrame, out_png, out_svg=None, out_pdf=No
     (several models/corpora, a missing layer or PC column, no cluster labels).
     """
     if colour_by not in COLOUR_BY:
-        raise ValueError(f"colour_by must be one of {COLOUR_BY}, got {colour_by!r}")
+        raise FigureError(f"colour_by must be one of {COLOUR_BY}, got {colour_by!r}")
     if dims not in (2, 3):
-        raise ValueError(f"dims must be 2 or 3, got {dims!r}")
+        raise FigureError(f"dims must be 2 or 3, got {dims!r}")
     pcs = [f"pc{k}" for k in range(1, dims + 1)]
     _check_columns(table, ["model", "corpus", "layer", "frequency", *pcs] + (["cluster"] if colour_by == "cluster" else []))
     pairs = sorted({(str(m), str(c)) for m, c in zip(table["model"], table["corpus"])})
     if len(pairs) != 1:
         shown = ", ".join(f"{m}/{c}" for m, c in pairs) or "none"
-        raise ValueError(f"plot_token_projection needs exactly one (model, corpus); the table holds {len(pairs)}: "
-                         f"{shown}; filter the table first")
+        raise FigureError(f"plot_token_projection needs exactly one (model, corpus); the table holds {len(pairs)}: "
+                          f"{shown}; filter the table first")
     model, corpus = pairs[0]
     present = sorted(int(layer) for layer in table["layer"].unique())
     if layers is None:
@@ -76,18 +76,19 @@ def plot_token_projection(table: pd.DataFrame, out_png, out_svg=None, out_pdf=No
         for layer in ([layers] if isinstance(layers, (int, np.integer)) else layers):
             index = int(layer) + (max(present) + 1 if layer < 0 else 0)
             if index not in present:
-                raise ValueError(f"layer {layer} is not in the projection table of {model}/{corpus} "
-                                 f"(layers present: {present}; layer 0 = embedding output)")
+                raise FigureError(f"layer {layer} is not in the projection table of {model}/{corpus} "
+                                  f"(layers present: {present}; layer 0 = embedding output)")
             if index not in chosen:
                 chosen.append(index)
         chosen.sort()
     if not chosen:
-        raise ValueError(f"the projection table of {model}/{corpus} is empty")
+        raise FigureError(f"the projection table of {model}/{corpus} is empty")
     if colour_by == "cluster":
         unlabelled = [layer for layer in chosen if table.loc[table["layer"] == layer, "cluster"].isna().all()]
         if unlabelled:
-            raise ValueError(f"no cluster labels for layer(s) {unlabelled} of {model}/{corpus} "
-                             f"(the projection was computed with clusters=None); colour by frequency or rerun with clusters")
+            raise FigureError(f"no cluster labels for layer(s) {unlabelled} of {model}/{corpus} "
+                              f"(the projection was computed with clusters=None); colour by frequency or rerun with "
+                              "clusters")
 
     label = model_labels(table).get(model, model)
     fig, axes = _new_panels(len(chosen), figsize=PANEL_FIGSIZE)

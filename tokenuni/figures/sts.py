@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 from matplotlib import colormaps
 
-from tokenuni.figures.style import (FIGSIZE, TABLE_FIGSIZE, _check_columns, _figure_legend, _new_panels, _set_title,
-                                    _variant_name, model_colours, model_labels, save_figure)
+from tokenuni.figures.style import (FigureError, FIGSIZE, TABLE_FIGSIZE, _check_columns, _figure_legend, _new_panels,
+                                    _set_title, _variant_name, model_colours, model_labels, save_figure)
 
 SCORE_LABEL = "Spearman ρ × 100"
 AVERAGE = "avg."
@@ -55,11 +55,11 @@ def sts_headline(scores: pd.DataFrame, sts_subsets: str = "mean_over_subsets") -
     subsets (STS12–16) the ``sts_subsets`` protocol (mean over subsets or concatenation)."""
     _check_columns(scores, ["model", "pooling", "transform", "dataset", "protocol", "spearman"])
     if sts_subsets not in SUBSET_PROTOCOLS:
-        raise ValueError(f"sts_subsets must be one of {SUBSET_PROTOCOLS}, not {sts_subsets!r}")
+        raise FigureError(f"sts_subsets must be one of {SUBSET_PROTOCOLS}, not {sts_subsets!r}")
     rows = scores[scores["protocol"].isin(["all", sts_subsets])].copy()
     if rows.empty:
-        raise ValueError(f"the STS table holds no 'all' or {sts_subsets!r} rows; protocols present: "
-                         f"{sorted(map(str, scores['protocol'].unique()))}")
+        raise FigureError(f"the STS table holds no 'all' or {sts_subsets!r} rows; protocols present: "
+                          f"{sorted(map(str, scores['protocol'].unique()))}")
     for column in ("model", "pooling", "transform", "dataset"):
         rows[column] = rows[column].astype(str)
     return rows
@@ -68,8 +68,8 @@ def sts_headline(scores: pd.DataFrame, sts_subsets: str = "mean_over_subsets") -
 def _select_pooling(rows: pd.DataFrame, pooling: str, what: str) -> pd.DataFrame:
     chosen = rows[rows["pooling"].astype(str) == pooling]
     if chosen.empty:
-        raise ValueError(f"{what}: no rows for pooling {pooling!r}; poolings present: "
-                         f"{sorted(map(str, rows['pooling'].unique()))}")
+        raise FigureError(f"{what}: no rows for pooling {pooling!r}; poolings present: "
+                          f"{sorted(map(str, rows['pooling'].unique()))}")
     return chosen
 
 
@@ -133,8 +133,8 @@ def plot_sts_geometry(geometry: pd.DataFrame, out_png, out_svg=None, out_pdf=Non
         if not chosen.empty:
             panels.append((metric, variant, panel_title, chosen))
     if not panels:
-        raise ValueError(f"STS geometry: the table holds none of {[m for m, _, _ in STS_GEOMETRY_PANELS]}; "
-                         f"metrics present: {sorted(map(str, rows['metric'].unique()))}")
+        raise FigureError(f"STS geometry: the table holds none of {[m for m, _, _ in STS_GEOMETRY_PANELS]}; "
+                          f"metrics present: {sorted(map(str, rows['metric'].unique()))}")
     labels = model_labels(rows)
     models = sorted(rows["model"].unique())
     colours = model_colours(models)
@@ -173,11 +173,11 @@ def plot_sts_table(scores: pd.DataFrame, out_png, out_svg=None, out_pdf=None, *,
     models = sorted(rows["model"].unique())
     if model is None:
         if len(models) != 1:
-            raise ValueError(f"plot_sts_table draws one model; the STS table holds {len(models)}: {models}; "
-                             f"pass model=")
+            raise FigureError(f"plot_sts_table draws one model; the STS table holds {len(models)}: {models}; "
+                              f"pass model=")
         model = models[0]
     if model not in models:
-        raise ValueError(f"model {model!r} is not in the STS table; models present: {models}")
+        raise FigureError(f"model {model!r} is not in the STS table; models present: {models}")
     labels = model_labels(rows)
     rows = rows[rows["model"] == model]
     poolings, transforms = _ordered(rows["pooling"]), _ordered(rows["transform"])

@@ -22,6 +22,12 @@ import pandas as pd
 from matplotlib import colormaps, rc_context
 from matplotlib.figure import Figure
 
+from tokenuni.errors import TokenuniError
+
+
+class FigureError(TokenuniError, ValueError):
+    """A figure asked of a table that cannot give it (rows, metrics, models or layers it lacks)."""
+
 FIGSIZE = (7.0, 4.5)
 PANEL_FIGSIZE = (13.0, 7.5)  # grids of panels (one metric or task per panel)
 TABLE_FIGSIZE = (9.0, 10.0)  # heat-map tables (rows: pooling x transform)
@@ -49,6 +55,7 @@ METRIC_LABELS = {
     "lid_std": "local intrinsic dimension (std across tokens)",
     "lid_median": "local intrinsic dimension (median)",
     "lid_k": "neighbours used for LID",
+    "clusters_k_max": "largest k tried (k-means)",
     "lid_duplicate_tokens": "duplicate vectors in the LID sample",
     "wang_isola_uniformity": "Wang–Isola uniformity log E exp(−2‖x̂−ŷ‖²)",
     "isoscore": "IsoScore",
@@ -111,7 +118,7 @@ def _new_figure() -> tuple[Figure, object]:
 def _new_panels(n_panels: int, ncols: int | None = None, figsize=PANEL_FIGSIZE) -> tuple[Figure, list]:
     """A figure with ``n_panels`` axes on a grid (unused grid cells removed), gridlines on, small fonts."""
     if n_panels < 1:
-        raise ValueError("a panel figure needs at least one panel")
+        raise FigureError("a panel figure needs at least one panel")
     ncols = ncols or (1 if n_panels == 1 else 2 if n_panels <= 4 else 3 if n_panels <= 6 else 4 if n_panels <= 8 else 5)
     nrows = -(-n_panels // ncols)
     fig = Figure(figsize=figsize, dpi=DPI, layout="constrained")
@@ -159,7 +166,7 @@ def _set_title(fig: Figure, title: str) -> None:
 def _check_columns(table: pd.DataFrame, needed) -> None:
     missing = [c for c in needed if c not in table.columns]
     if missing:
-        raise ValueError(f"metrics table lacks column(s) {missing}; columns present: {list(table.columns)}")
+        raise FigureError(f"metrics table lacks column(s) {missing}; columns present: {list(table.columns)}")
 
 
 def _variant_name(variant) -> str:

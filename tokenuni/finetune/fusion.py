@@ -17,8 +17,10 @@ Layers follow ``hidden_states`` indexing (0 = embedding output, −1 = last bloc
 block output 1…L; :func:`tokenuni.finetune.regularisers.resolve_layers`). The fused vector (B, d) is
 the model's pooled representation, fed to the task head.
 
-Pooling: ``cls`` = the state of the first token (BERT's [CLS]; the raw hidden state, not the HF
-pooler), ``mean`` = the mean over the real tokens (attention mask 1).
+Pooling: ``cls`` = the state of the sentence token — the first token for encoders (BERT's [CLS];
+the raw hidden state, not the HF pooler), the last real token for causal decoders (GPT-2, Llama),
+the same rule as sentence pooling (:func:`tokenuni.families.sentence_token_index`) — ``mean`` = the
+mean over the real tokens (attention mask 1).
 """
 from __future__ import annotations
 
@@ -26,14 +28,18 @@ from typing import Sequence
 
 import torch
 
+from tokenuni.families import sentence_token_states
+
 FUSION_KINDS = ("concat", "max", "gate")
 POOLINGS = ("cls", "mean")
 
 
-def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
-    """(B, T, d) → (B, d): the first token (``cls``) or the mean over real tokens (``mean``)."""
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str, sentence_token: str = "first"
+         ) -> torch.Tensor:
+    """(B, T, d) → (B, d): the sentence token (``cls``: ``sentence_token`` first, or last real token for a
+    causal model) or the mean over real tokens (``mean``)."""
     if pooling == "cls":
-        return hidden[:, 0]
+        return sentence_token_states(hidden, attention_mask, sentence_token)
     if pooling == "mean":
         mask = attention_mask.to(device=hidden.device, dtype=hidden.dtype).unsqueeze(-1)
         return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
@@ -43,8 +49,10 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> to
 class LayerFusion(torch.nn.Module):
     """Fuse the chosen layers of ``hidden_states`` into one (B, d) representation (module docstring)."""
 
-    def __init__(self, kind: str, layers: Sequence[int], hidden_size: int, pooling: str = "cls"):
+    def __init__(self, kind: str, layers: Sequence[int], hidden_size: int, pooling: str = "cls",
+                 sentence_token: str = "first"):
         super().__init__()
+        self.sentence_token = sentence_token
         if kind not in FUSION_KINDS:
             raise ValueError(f"fusion kind must be one of {FUSION_KINDS}, got {kind!r}")
         if pooling not in POOLINGS:
@@ -60,7 +68,7 @@ class LayerFusion(torch.nn.Module):
                 torch.nn.init.zeros_(gate.bias)
 
     def extra_repr(self) -> str:
-        return f"kind={self.kind}, layers={self.layers}, pooling={self.pooling}"
+        return f"kind={self.kind}, layers={self.layers}, pooling={self.pooling}, sentence_token={self.sentence_token}"
 
     def gate_weights(self, hidden_states, attention_mask=None) -> torch.Tensor:
         """(B, T, L) softmax weights of the chosen layers per token (``gate`` only)."""
@@ -72,8 +80,8 @@ class LayerFusion(torch.nn.Module):
             weights = self.gate_weights(hidden_states)
             stacked = torch.stack([hidden_states[i] for i in self.layers], dim=-2)  # (B, T, L, d)
             fused = (weights.unsqueeze(-1) * stacked).sum(dim=-2)
-            return pool(fused, attention_mask, self.pooling)
-        pooled = [pool(hidden_states[i], attention_mask, self.pooling) for i in self.layers]
+            return pool(fused, attention_mask, self.pooling, self.sentence_token)
+        pooled = [pool(hidden_states[i], attention_mask, self.pooling, self.sentence_token) for i in self.layers]
         if self.kind == "concat":
             return torch.tanh(self.projection(torch.cat(pooled, dim=-1)))
         return torch.stack(pooled, dim=0).amax(dim=0)

@@ -50,7 +50,9 @@ def dev_geometry(model, tokenizer, texts_a, texts_b, *, metrics: list[str], mode
                 layers = [h[mask].float().cpu().numpy() for h in output.hidden_states]
                 if writer is None:
                     writer = DumpWriter(path, n_layers=len(layers), hidden_size=layers[0].shape[1],
-                                        metadata={"model_id": model_key, "corpus": f"{task}-dev", "layernorm": []})
+                                        metadata={"model_id": model_key, "corpus": f"{task}-dev", "layernorm": [],
+                                                  "family": model.family.name,
+                                                  "is_decoder": str(model.family.causal).lower()})
                 lengths = [len(ids[i]) for i in chunk]
                 writer.write({
                     "sentence_id": np.repeat(np.asarray(chunk), lengths),
@@ -74,7 +76,7 @@ def run_finetune(model_spec: dict, *, model_key: str, task: str, variant_name: s
     ``settings``: epochs, lr, batch_size, max_length, weight_decay, warmup_ratio, grad_accumulation,
     max_train_examples, max_dev_examples, eval_every, geometry_metrics (the config's ``finetune`` block).
     """
-    from tokenuni.embed import load_model
+    from tokenuni.embed import effective_max_length, load_model
     from tokenuni.finetune.model import GlueModel
     from tokenuni.finetune.train import finetune, set_seed
     from tokenuni.glue import load_task, task_spec
@@ -84,6 +86,8 @@ def run_finetune(model_spec: dict, *, model_key: str, task: str, variant_name: s
     dev = load_task(task, "dev", mirror_root, max_examples=settings.get("max_dev_examples"), seed=0)
     set_seed(seed)  # before the head is initialised
     tokenizer, encoder = load_model(model_spec, device)
+    # capped at the positions the model takes (RoBERTa/MPNet: max_position_embeddings - padding_idx - 1)
+    settings = {**settings, "max_length": effective_max_length({"max_length": settings["max_length"]}, encoder)}
     regression = spec["kind"] == "regression"
     model = GlueModel(encoder, num_labels=spec["num_labels"], regression=regression, variant=variant)
     started = time.perf_counter()

@@ -12,23 +12,38 @@ One model class for every fine-tuning variant of the study (config ``variant`` d
 Variants combine freely (e.g. SoftDecay + I-STAR: the regulariser then sees the soft-decayed last
 layer). The baseline is every entry null.
 
-Head: the pooled representation (B, d) — the first token's last hidden state (``cls``, not the HF
-pooler, which the model does not use and whose parameters are left out of the optimiser groups),
-the mean over real tokens (``mean``), or the fusion of several layers — then dropout 0.1 and a
-Linear to ``num_labels`` logits (cross-entropy) or to 1 output (regression, MSE; logits shaped (B,)).
-The encoder runs in float32 with ``output_hidden_states=True``; ``GlueOutput.hidden_states`` is its
-tuple (index 0 = embedding output, i = output of block i), with the SoftDecay placement applied.
+Head: the pooled representation (B, d) — the sentence token's last hidden state (``cls``: the first
+token of an encoder, the last real token of a causal decoder, the rule of sentence pooling,
+:func:`tokenuni.families.sentence_token_index`; not the HF pooler, which the model does not use and
+whose parameters are left out of the optimiser groups), the mean over real tokens (``mean``), or the
+fusion of several layers — then dropout 0.1 and a Linear to ``num_labels`` logits (cross-entropy) or
+to 1 output (regression, MSE; logits shaped (B,)). The encoder runs in float32 with
+``output_hidden_states=True`` and the inputs its family takes (token type ids only where the model has
+them, position ids over the real tokens for decoders: :meth:`tokenuni.families.Family.model_inputs`);
+``GlueOutput.hidden_states`` is its tuple (index 0 = embedding output, i = output of block i; for
+decoders the last is the output of the final norm), with the SoftDecay placement applied.
+I-STAR, the cosine regulariser and fusion read these hidden states over the real tokens (attention
+mask 1). The encoder's family must be supported (:func:`tokenuni.families.family_of`; T5 and other
+encoder-decoders are refused).
 
 SoftDecay placements (Yan et al., UAI 2022; :mod:`tokenuni.finetune.softdecay_layer`):
 
-``before_final_norm``  BERT-style encoders are post-LN: a block ends with
-    ``LayerNorm(dropout(dense(h)) + residual)``, so "before the final LayerNorm" is *inside* the last
-    block — SoftDecay replaces the input of the last block's output LayerNorm
-    (``encoder.layer[-1].output.LayerNorm``; DistilBERT ``transformer.layer[-1].output_layer_norm``),
-    as their code does (without their second residual addition). Implemented with a forward pre-hook,
-    so the encoder's own parameters and ``state_dict`` are untouched; the attention mask reaches the
-    hook through :meth:`GlueModel.forward` (a direct call of ``model.encoder`` sees every row as real).
-    Other architectures raise ``NotImplementedError``.
+``before_final_norm``  SoftDecay of the input of the family's final norm
+    (:func:`tokenuni.families.final_norm_site`), with a forward pre-hook, so the encoder's own
+    parameters and ``state_dict`` are untouched:
+
+    * post-LN encoders (BERT, RoBERTa, MPNet, DistilBERT, ALBERT) end a block with
+      ``LayerNorm(dropout(dense(h)) + residual)``, so "before the final LayerNorm" is *inside* the
+      last block — the input of its output LayerNorm (``encoder.layer[-1].output.LayerNorm``;
+      DistilBERT ``transformer.layer[-1].output_layer_norm``), as their code does (without their
+      second residual addition). ALBERT's shared layer runs at every depth: the hook counts the calls
+      of ``full_layer_layer_norm`` in one forward pass and acts only at the last one, so the earlier
+      layers are untouched.
+    * pre-norm decoders (GPT-2, Llama, Qwen2): the input of the final ``ln_f`` / ``norm`` after the
+      last block; the returned last hidden state is that norm's output.
+
+    The attention mask reaches the hook through :meth:`GlueModel.forward` (a direct call of
+    ``model.encoder`` sees every row as real).
 ``after_final_norm``   SoftDecay of the encoder's final output ``hidden_states[-1]`` (for BERT, the
     output of that LayerNorm, i.e. the last hidden state), for any architecture; the returned
     ``hidden_states[-1]`` is the transformed tensor.
@@ -41,6 +56,7 @@ from typing import Callable, Iterable
 
 import torch
 
+from tokenuni.families import family_of, final_norm_site
 from tokenuni.finetune.fusion import POOLINGS, LayerFusion, pool
 from tokenuni.finetune.regularisers import CosineRegulariser, IStar, resolve_layers
 from tokenuni.finetune.softdecay_layer import SoftDecay
@@ -67,31 +83,23 @@ class GlueOutput:
     pooled: torch.Tensor  #: (B, d), the head's input before dropout
 
 
-def final_block_norm(encoder) -> torch.nn.Module | None:
-    """The LayerNorm that ends the last block of a post-LN encoder (BERT family, DistilBERT), or None."""
-    for path in ("encoder.layer", "transformer.layer", "layer"):
-        blocks = encoder
-        for part in path.split("."):
-            blocks = getattr(blocks, part, None)
-        if isinstance(blocks, torch.nn.ModuleList) and len(blocks):
-            last = blocks[-1]
-            for attribute in ("output.LayerNorm", "output_layer_norm"):
-                module = last
-                for part in attribute.split("."):
-                    module = getattr(module, part, None)
-                if isinstance(module, torch.nn.LayerNorm):
-                    return module
-    return None
-
-
 class _PreNormSoftDecay:
-    """Forward pre-hook: SoftDecay of the LayerNorm's input, with the mask set by GlueModel.forward."""
+    """Forward pre-hook: SoftDecay of a norm's input at its ``applications``-th call of a forward pass.
 
-    def __init__(self, softdecay: SoftDecay):
+    GlueModel.forward sets the mask and resets the count before each encoder call; the count lets
+    ALBERT's shared layer be transformed at its last depth only (one call per depth it serves).
+    """
+
+    def __init__(self, softdecay: SoftDecay, applications: int = 1):
         self.softdecay = softdecay
+        self.applications = int(applications)
         self.mask: torch.Tensor | None = None
+        self.calls = 0
 
     def __call__(self, module, args):
+        self.calls += 1
+        if self.calls != self.applications:
+            return None
         return (self.softdecay(args[0], self.mask),) + tuple(args[1:])
 
 
@@ -124,6 +132,7 @@ class GlueModel(torch.nn.Module):
 
         self.encoder = encoder.float()
         config = encoder.config
+        self.family = family_of(config, f"model {getattr(config, 'name_or_path', '') or type(encoder).__name__}")
         hidden_size = int(config.hidden_size)
         self.n_hidden = int(config.num_hidden_layers) + 1
 
@@ -140,14 +149,9 @@ class GlueModel(torch.nn.Module):
             if self.softdecay_placement not in PLACEMENTS:
                 raise ValueError(f"softdecay placement must be one of {PLACEMENTS}, got {self.softdecay_placement!r}")
             if self.softdecay_placement == "before_final_norm":
-                norm = final_block_norm(encoder)
-                if norm is None:
-                    raise NotImplementedError(
-                        f"softdecay placement before_final_norm needs a post-LN encoder whose last block ends in "
-                        f"output.LayerNorm (BERT family) or output_layer_norm (DistilBERT); {type(encoder).__name__} "
-                        "has neither — use placement after_final_norm")
-                self._pre_norm_hook = _PreNormSoftDecay(self.softdecay)
-                norm.register_forward_pre_hook(self._pre_norm_hook)
+                site = final_norm_site(encoder)
+                self._pre_norm_hook = _PreNormSoftDecay(self.softdecay, site.applications)
+                site.module.register_forward_pre_hook(self._pre_norm_hook)
 
         # regularisers
         spec = variant.get("istar")
@@ -169,7 +173,7 @@ class GlueModel(torch.nn.Module):
         self.fusion = None
         if spec is not None:
             layers = resolve_layers(spec.get("layers", "all"), self.n_hidden)
-            self.fusion = LayerFusion(spec.get("kind"), layers, hidden_size, self.pooling)
+            self.fusion = LayerFusion(spec.get("kind"), layers, hidden_size, self.pooling, self.family.sentence_token)
         self.dropout = torch.nn.Dropout(HEAD_DROPOUT)
         self.head = torch.nn.Linear(hidden_size, self.num_labels)
         std = float(getattr(config, "initializer_range", 0.02))
@@ -180,16 +184,18 @@ class GlueModel(torch.nn.Module):
 
     # -- forward -------------------------------------------------------------------------------------
     def forward(self, input_ids, attention_mask, token_type_ids=None) -> GlueOutput:
-        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if token_type_ids is not None:
-            inputs["token_type_ids"] = token_type_ids
-        if self._pre_norm_hook is not None:
-            self._pre_norm_hook.mask = attention_mask
+        inputs = self.family.model_inputs(input_ids, attention_mask, token_type_ids)
+        hook = self._pre_norm_hook
+        if hook is not None:
+            hook.mask, hook.calls = attention_mask, 0
         try:
             out = self.encoder(**inputs, output_hidden_states=True, return_dict=True)
         finally:
-            if self._pre_norm_hook is not None:
-                self._pre_norm_hook.mask = None
+            if hook is not None:
+                hook.mask = None
+        if hook is not None and hook.calls != hook.applications:
+            raise RuntimeError(f"SoftDecay before_final_norm: the {self.family.name} norm it hooks ran {hook.calls} "
+                               f"time(s) in one forward pass, expected {hook.applications}")
         hidden_states = tuple(out.hidden_states)
         if len(hidden_states) != self.n_hidden:
             raise RuntimeError(f"the encoder returned {len(hidden_states)} hidden states, expected {self.n_hidden}")
@@ -198,7 +204,7 @@ class GlueModel(torch.nn.Module):
         if self.fusion is not None:
             pooled = self.fusion(hidden_states, attention_mask)
         else:
-            pooled = pool(hidden_states[-1], attention_mask, self.pooling)
+            pooled = pool(hidden_states[-1], attention_mask, self.pooling, self.family.sentence_token)
         logits = self.head(self.dropout(pooled))
         if self.regression:
             logits = logits.squeeze(-1)

@@ -11,7 +11,7 @@ from dataclasses import replace
 import pandas as pd
 
 from tokenuni.metrics.alignment_uniformity import AlignmentUniformity
-from tokenuni.metrics.base import Metric, MetricValue, TokenBatch
+from tokenuni.metrics.base import Metric, MetricError, MetricValue, TokenBatch, new_job_warnings
 from tokenuni.metrics.clusters import Clusters
 from tokenuni.metrics.cosine_family import CosineFamily
 from tokenuni.metrics.isoscore import IsoScoreMetric
@@ -48,11 +48,11 @@ def make_metric(name: str | type[Metric], options: dict, device) -> Metric:
     """An accumulator for metric ``name`` (a config name, or a :class:`Metric` subclass) with ``options``."""
     cls = name if isinstance(name, type) else METRICS.get(name)
     if cls is None:
-        raise KeyError(f"unknown metric {name!r}; known metrics: {', '.join(METRICS)}")
+        raise MetricError(f"unknown metric {name!r}; known metrics: {', '.join(METRICS)}")
     try:
         return cls(device=device, **options)
     except TypeError as error:
-        raise ValueError(f"metric {cls.name}: bad options {sorted(options)}: {error}") from None
+        raise MetricError(f"metric {cls.name}: bad options {sorted(options)}: {error}") from None
 
 
 def compute_metric(dump_path, name: str | type[Metric], options: dict, *, model: str, corpus: str,
@@ -63,6 +63,7 @@ def compute_metric(dump_path, name: str | type[Metric], options: dict, *, model:
     from tokenuni.store import layer_column, open_dump, vector_tensor
 
     dump = open_dump(dump_path)
+    new_job_warnings()  # an option lowered for every layer is said once per job
     layers = list(range(dump.n_layers))
     accumulators = {layer: make_metric(name, options, device).bind(layer, dump.metadata) for layer in layers}
     label = accumulators[0].name

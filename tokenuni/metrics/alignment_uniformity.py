@@ -28,11 +28,14 @@ sentences of an STS pair), and the dump records sentence ids only, not pair ids.
 """
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
 
-from tokenuni.metrics.base import MetricValue, SampledMetric, unit_rows
+from tokenuni.metrics.base import MetricError, MetricValue, SampledMetric, unit_rows, used_sample_size
+
+log = logging.getLogger(__name__)
 
 
 def bootstrap_weights(m: int, resamples: int, seed: int) -> np.ndarray:
@@ -83,7 +86,7 @@ class AlignmentUniformity(SampledMetric):
                  chunk_size: int = 512, **options):
         super().__init__(device, sample_size=sample_size, seed=seed, **options)
         if float(t) < 0:
-            raise ValueError("alignment_uniformity: t must be >= 0")
+            raise MetricError("alignment_uniformity: t must be >= 0")
         self.t = float(t)
         self.bootstrap = int(bootstrap)
         self.chunk_size = int(chunk_size)
@@ -107,5 +110,6 @@ class AlignmentUniformity(SampledMetric):
         if resampled is not None and np.isfinite(resampled).sum() >= 2:  # a resample of one token has no pair
             spread = float(np.std(resampled[np.isfinite(resampled)], ddof=1))
         variant = "" if self.t == 2.0 else f"t={self.t:g}"
-        return [MetricValue("wang_isola_uniformity", value, m, variant, sample_size=self.sample_size, seed=self.seed,
+        sample_size = used_sample_size(self, self.sample, log)
+        return [MetricValue("wang_isola_uniformity", value, m, variant, sample_size=sample_size, seed=self.seed,
                             spread=spread)]

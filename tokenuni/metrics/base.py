@@ -26,8 +26,41 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from tokenuni.errors import TokenuniError
 from tokenuni.numerics import ReservoirSample
 from tokenuni.store import vector_tensor
+
+
+class MetricError(TokenuniError, ValueError):
+    """A metric asked for with options it cannot take, or fed a dump it cannot use."""
+
+
+_WARNED: set = set()
+
+
+def new_job_warnings() -> None:
+    """Forget the warnings :func:`warn_once` gave: a new job (one metric over one dump) starts."""
+    _WARNED.clear()
+
+
+def warn_once(logger, key: tuple, message: str, *args) -> None:
+    """Log ``message`` as a warning the first time ``key`` comes up in this process: a job runs one accumulator
+    per layer, and an option lowered to what the data allows (the same sample in every layer) is said once."""
+    if key not in _WARNED:
+        _WARNED.add(key)
+        logger.warning(message, *args)
+
+
+def used_sample_size(metric: "Metric", sample: "ReservoirSample", logger) -> int:
+    """The sample size a sampled metric actually used (``sample_size``, or every token when the layer has
+    fewer), with a warning once per job when it is lower; tables record this value."""
+    used = len(sample)
+    if 0 < used < sample.size:
+        warn_once(logger, (metric.name, "sample_size", sample.size, used),
+                  "%s: sample_size %d lowered to %d, the number of tokens in the dump%s (every one is in the "
+                  "sample); the table records %d", metric.name, sample.size, used,
+                  "" if metric.special_tokens else " without special tokens", used)
+    return used if used else sample.size
 
 
 @dataclass
@@ -150,7 +183,7 @@ class Metric(ABC):
             model = self.metadata.get("model_id") or "?"
             layer = "?" if self.layer is None else self.layer
             first = int(batch.sentence_id[bad][0])
-            raise ValueError(
+            raise MetricError(
                 f"metric {self.name}: model {model}, layer {layer} holds NaN or Inf vectors ({int(bad.sum())} "
                 f"token(s), first in sentence_id {first}); the dump is damaged or the model overflowed: "
                 "delete the dump and rerun the embed step (in float32 if it was float16)")

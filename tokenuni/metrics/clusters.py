@@ -21,6 +21,10 @@ tokens for every layer and whatever the batching), for every k in ``k_min … k_
   computed in row chunks and shared by every k; on the whole sample, or on a seeded subset of
   ``silhouette_sample_size`` of its points. Row ``silhouette`` (component = k).
 
+``k_max`` above what the sample allows (k < n for n sampled tokens) is lowered to n − 1 with a warning
+once per job; row ``clusters_k_max`` records the largest k tried, as ``lid_k`` does for LID. The
+``sample_size`` column records the sample actually drawn (fewer when the dump has fewer tokens).
+
 Maximum mean silhouette (MMS): the k with the largest mean silhouette (the smallest such k on
 ties); Cai's rule: when that best silhouette is below ``min_silhouette`` (0.1) the space is one
 cluster, k = 1. Rows ``mms_k`` (value = the chosen k) and ``mms_silhouette`` (the best mean
@@ -62,10 +66,14 @@ type), here exact expectations over all instances in the sample.
 """
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
-from tokenuni.metrics.base import MetricValue, SampledMetric, unit_rows
+from tokenuni.metrics.base import MetricError, MetricValue, SampledMetric, unit_rows, used_sample_size, warn_once
 from tokenuni.numerics import kmeans_runs, seeded_generator
+
+log = logging.getLogger(__name__)
 
 #: elements of one chunk of the pairwise distance matrix (8 Mi float64 = 64 MiB)
 _DISTANCE_CHUNK_ELEMENTS = 1 << 23
@@ -177,7 +185,7 @@ def within_cluster_cosines(x, labels, token_id, centred: bool) -> dict[str, floa
 class Clusters(SampledMetric):
     name = "clusters"
     produces = ("kmeans_inertia", "silhouette", "mms_k", "mms_silhouette", "within_cluster_avg_cosine",
-                "within_cluster_s_intra", "within_cluster_s_inter")
+                "within_cluster_s_intra", "within_cluster_s_inter", "clusters_k_max")
     vector_rows = ("kmeans_inertia", "silhouette")
     derived_options = ("k_min", "k_max", "n_init", "max_iter", "tol", "silhouette_sample_size", "min_silhouette",
                        "repeats")
@@ -187,13 +195,13 @@ class Clusters(SampledMetric):
                  min_silhouette: float = 0.1, repeats: int = 3, **options):
         super().__init__(device, sample_size=sample_size, seed=seed, **options)
         if int(sample_size) < 2:
-            raise ValueError("sample_size must be at least 2")
+            raise MetricError("sample_size must be at least 2")
         if not 2 <= int(k_min) <= int(k_max):
-            raise ValueError(f"need 2 <= k_min <= k_max, got k_min={k_min}, k_max={k_max}")
+            raise MetricError(f"need 2 <= k_min <= k_max, got k_min={k_min}, k_max={k_max}")
         if int(n_init) < 1 or int(repeats) < 1 or int(max_iter) < 1:
-            raise ValueError("n_init, repeats and max_iter must be at least 1")
+            raise MetricError("n_init, repeats and max_iter must be at least 1")
         if silhouette_sample_size is not None and int(silhouette_sample_size) < 2:
-            raise ValueError("silhouette_sample_size must be at least 2 (or null: the whole sample)")
+            raise MetricError("silhouette_sample_size must be at least 2 (or null: the whole sample)")
         self.k_min, self.k_max = int(k_min), int(k_max)
         self.n_init, self.max_iter, self.tol = int(n_init), int(max_iter), float(tol)
         self.silhouette_sample_size = None if silhouette_sample_size is None else int(silhouette_sample_size)
@@ -215,7 +223,7 @@ class Clusters(SampledMetric):
         import torch
 
         n = x.shape[0]
-        ks = [k for k in range(self.k_min, self.k_max + 1) if k <= n - 1]
+        ks = list(range(self.k_min, self.k_max_used(n) + 1))
         # every (repeat, k, restart) k-means run at once (batched distance and centre products, shared centring)
         batched = kmeans_runs(x, [((r,), k) for r in range(self.repeats) for k in ks], n_init=self.n_init,
                               seed=self.seed, max_iter=self.max_iter, tol=self.tol)
@@ -244,11 +252,23 @@ class Clusters(SampledMetric):
             results.append(result)
         return results
 
+    def k_max_used(self, n: int) -> int:
+        """``k_max``, lowered (with a warning once per job) to n − 1 when the sample has only n tokens: k-means
+        needs k < n and the silhouette needs at least one cluster with two points."""
+        used = min(self.k_max, n - 1)
+        if used < self.k_max:
+            warn_once(log, ("clusters", "k_max", self.k_max, n),
+                      "clusters: k_max %d lowered to %d: the sample holds only %d tokens (sample_size %d); k runs "
+                      "over %s; the table records clusters_k_max = %d", self.k_max, used, n, self.sample_size,
+                      f"{self.k_min}..{used}" if used >= self.k_min else "nothing (k_min is larger)", used)
+        return used
+
     def compute(self) -> list[MetricValue]:
         rows = self.sample.rows()
         n = len(self.sample)
         if n < 2:
             return []
+        sample_size = used_sample_size(self, self.sample, log)
         results = self.analyse(rows["x"], rows["token_id"])
         first = results[0]
         n_scored = n if self.silhouette_sample_size is None else min(n, self.silhouette_sample_size)
@@ -259,7 +279,7 @@ class Clusters(SampledMetric):
                 return []
             others = [v for v in values if v is not None]
             spread = float(np.std(others, ddof=1)) if len(others) >= 2 else None
-            return [MetricValue(metric, float(values[0]), count, variant, component, self.sample_size, self.seed, spread)]
+            return [MetricValue(metric, float(values[0]), count, variant, component, sample_size, self.seed, spread)]
 
         out = []
         for k in first["inertia"]:
@@ -271,4 +291,5 @@ class Clusters(SampledMetric):
         for variant in ("raw", "cluster_centred"):
             for quantity in ("avg_cosine", "s_intra", "s_inter"):
                 out += row(f"within_cluster_{quantity}", lambda res: res["within"][variant].get(quantity), variant=variant)
+        out.append(MetricValue("clusters_k_max", float(self.k_max_used(n)), n, sample_size=sample_size, seed=self.seed))
         return out

@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tokenuni.metrics.base import Metric, MetricValue, TokenBatch, mean_pairwise_cosine, unit_rows
+from tokenuni.metrics.base import Metric, MetricError, MetricValue, TokenBatch, mean_pairwise_cosine, unit_rows
 from tokenuni.numerics import token_hash
 
 VARIANTS = ("uncentred", "centred")
@@ -66,11 +66,11 @@ class CosineFamily(Metric):
         self.variants = tuple(variants)
         unknown = set(self.variants) - set(VARIANTS)
         if not self.variants or unknown:
-            raise ValueError(f"cosine_family: variants must be a non-empty subset of {VARIANTS}, got {variants!r}")
+            raise MetricError(f"cosine_family: variants must be a non-empty subset of {VARIANTS}, got {variants!r}")
         if type_sampling not in TYPE_SAMPLING:
-            raise ValueError(f"cosine_family: type_sampling must be one of {TYPE_SAMPLING}, got {type_sampling!r}")
+            raise MetricError(f"cosine_family: type_sampling must be one of {TYPE_SAMPLING}, got {type_sampling!r}")
         if int(repeats) < 1:
-            raise ValueError("cosine_family: repeats must be >= 1")
+            raise MetricError("cosine_family: repeats must be >= 1")
         self.type_sampling = type_sampling
         self.seed = int(seed)
         self.repeats = int(repeats)

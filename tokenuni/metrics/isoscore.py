@@ -45,7 +45,7 @@ import math
 
 import numpy as np
 
-from tokenuni.metrics.base import MetricValue, SampledMetric, TokenBatch
+from tokenuni.metrics.base import MetricError, MetricValue, SampledMetric, TokenBatch
 from tokenuni.numerics import MomentSums, sample_covariance
 
 
@@ -125,7 +125,7 @@ class IsoScoreMetric(SampledMetric):
                  **options):
         super().__init__(device, sample_size=sample_size, seed=seed, **options)
         if not 0.0 <= float(zeta) <= 1.0:
-            raise ValueError(f"zeta must be in [0, 1], got {zeta}")
+            raise MetricError(f"zeta must be in [0, 1], got {zeta}")
         self.zeta = float(zeta)
         self.bootstrap = int(bootstrap)
         self.sums = MomentSums(self.device)

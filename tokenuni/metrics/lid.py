@@ -54,7 +54,7 @@ import logging
 
 import numpy as np
 
-from tokenuni.metrics.base import MetricValue, SampledMetric
+from tokenuni.metrics.base import MetricError, MetricValue, SampledMetric, used_sample_size
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ class LocalIntrinsicDimension(SampledMetric):
                  squared_distances: bool = False, bootstrap: int = 100, chunk_size: int = 512, **options):
         super().__init__(device, sample_size=sample_size, seed=seed, **options)
         if int(k) < 2:
-            raise ValueError("lid: k must be at least 2")
+            raise MetricError("lid: k must be at least 2")
         self.k = int(k)
         self.squared_distances = bool(squared_distances)
         self.bootstrap = int(bootstrap)
@@ -163,13 +163,14 @@ class LocalIntrinsicDimension(SampledMetric):
         if result is None:
             return []
         lid, k, sampled, duplicates = result
+        sample_size = used_sample_size(self, self.sample, log)
         variant = "squared_distances" if self.squared_distances else ""
         statistics = (np.mean, np.std, np.median)
         spreads = bootstrap_std(lid, statistics, self.bootstrap, self.seed)
-        common = dict(n=len(lid), variant=variant, sample_size=self.sample_size, seed=self.seed)
+        common = dict(n=len(lid), variant=variant, sample_size=sample_size, seed=self.seed)
         rows = [MetricValue(name, float(statistic(lid)), spread=spread, **common)
                 for name, statistic, spread in zip(("lid_mean", "lid_std", "lid_median"), statistics, spreads)]
         rows.append(MetricValue("lid_k", float(k), **common))
         rows.append(MetricValue("lid_duplicate_tokens", float(duplicates), sampled,
-                                sample_size=self.sample_size, seed=self.seed))
+                                sample_size=sample_size, seed=self.seed))
         return rows

@@ -10,7 +10,9 @@ mean. Per sentence s with real tokens h_1..h_n and mean token h̄ = (1/n) Σ h_i
 * ``cls_uniformity``       (1/(n−1)) Σ_{i>0} cos(h_0, h_i), h_0 the sentence's first token when it is
   a special token ([CLS] / <s>) — Yan et al., UAI 2022 ("[CLS] uniformity"; BERT-base on MRPC:
   0.05 / 0.40 / 0.80 at layers 0 / 7 / 12). Other special tokens are excluded unless
-  ``special_tokens`` is true.
+  ``special_tokens`` is true. Not for causal decoders (dump metadata ``is_decoder``): a BOS token
+  sees only itself, so its state is the same in every sentence and summarises none (see
+  :mod:`tokenuni.families`).
 
 Each is averaged over sentences with at least ``min_tokens`` real tokens (``n`` = sentences used;
 ``spread`` = standard deviation across sentences). The mean pairwise cosine among a sentence's
@@ -27,7 +29,7 @@ import json
 import numpy as np
 import pyarrow as pa
 
-from tokenuni.metrics.base import Metric, MetricValue, TokenBatch
+from tokenuni.metrics.base import Metric, MetricError, MetricValue, TokenBatch
 
 
 class _Running:
@@ -87,7 +89,8 @@ class Oversmoothing(Metric):
     def _sentence(self, tokens: TokenBatch) -> None:
         import torch
 
-        first_is_special = bool(tokens.special[0]) and (tokens.position is None or int(tokens.position[0]) == 0)
+        first_is_special = bool(tokens.special[0]) and (tokens.position is None or int(tokens.position[0]) == 0) \
+            and self.metadata.get("is_decoder") != "true"
         keep = torch.ones(len(tokens), dtype=torch.bool, device=tokens.x.device) if self.special_tokens \
             else ~tokens.special
         x = tokens.x[keep]
@@ -139,8 +142,8 @@ class LayerNormScale(Metric):
     def compute(self) -> list[MetricValue]:
         raw = self.metadata.get("layernorm")
         if raw is None:
-            raise ValueError(f"dump of model {self.metadata.get('model_id', '?')} has no layer-norm metadata "
-                             "(written by an older tokenuni): rerun its embed job (snakemake --forcerun embed)")
+            raise MetricError(f"dump of model {self.metadata.get('model_id', '?')} has no layer-norm metadata "
+                              "(written by an older tokenuni): rerun its embed job (snakemake --forcerun embed)")
         rows = []
         for norm in json.loads(raw):
             shared = norm["layer"] == -1 and (self.layer or 0) > 0  # shared across blocks (ALBERT)

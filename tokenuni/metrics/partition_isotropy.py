@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 
-from tokenuni.metrics.base import Metric, MetricValue, TokenBatch
+from tokenuni.metrics.base import Metric, MetricError, MetricValue, TokenBatch
 from tokenuni.numerics import MomentSums, descending_eigh
 
 VARIANTS = ("uncentred", "centred")
@@ -48,9 +48,9 @@ class PartitionIsotropy(Metric):
         self.variants = tuple(variants)
         unknown = set(self.variants) - set(VARIANTS)
         if unknown:
-            raise ValueError(f"unknown variants {sorted(unknown)}; known: {VARIANTS}")
+            raise MetricError(f"unknown variants {sorted(unknown)}; known: {VARIANTS}")
         if signs not in SIGNS:
-            raise ValueError(f"signs must be one of {SIGNS}, got {signs!r}")
+            raise MetricError(f"signs must be one of {SIGNS}, got {signs!r}")
         self.signs = signs
         self.sums = MomentSums(self.device)
         self.directions = {}  # variant -> (d, m) matrix of the directions u as columns

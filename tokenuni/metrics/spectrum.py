@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tokenuni.metrics.base import Metric, MetricValue, TokenBatch
+from tokenuni.metrics.base import Metric, MetricError, MetricValue, TokenBatch
 from tokenuni.numerics import MomentSums, skewness
 
 
@@ -68,7 +68,7 @@ class Spectrum(Metric):
         self.variants = tuple(variants)
         self.explained_variance_k = tuple(int(k) for k in explained_variance_k)
         if any(k < 1 for k in self.explained_variance_k):
-            raise ValueError(f"explained_variance_k must be positive integers, got {explained_variance_k}")
+            raise MetricError(f"explained_variance_k must be positive integers, got {explained_variance_k}")
         self.sums = MomentSums(self.device)
 
     def _update(self, batch: TokenBatch) -> None:

@@ -43,7 +43,7 @@ import logging
 import numpy as np
 import pandas as pd
 
-from tokenuni.metrics.base import Metric, TokenBatch
+from tokenuni.metrics.base import Metric, MetricError, TokenBatch, new_job_warnings
 from tokenuni.statistics import (
     LayerMoments,
     StatisticsError,
@@ -62,7 +62,7 @@ def _metric_class(name: str) -> type[Metric]:
     from tokenuni.metrics import METRICS
 
     if name not in METRICS:
-        raise KeyError(f"unknown metric {name!r}; known metrics: {', '.join(METRICS)}")
+        raise MetricError(f"unknown metric {name!r}; known metrics: {', '.join(METRICS)}")
     return METRICS[name]
 
 
@@ -190,6 +190,7 @@ def derive_metric(statistics: dict, name: str, options: dict, *, model: str, cor
     """Metric ``name``'s tidy table (every layer) from the statistics, with ``options`` (its full options)."""
     from tokenuni.metrics import TIDY_COLUMNS, make_metric, normalise_tidy
 
+    new_job_warnings()  # an option lowered for every layer (k_max, sample_size) is said once per job
     plan = json_value(statistics["plan.json"])
     expected = pass_options(name, options)
     if plan["metrics"].get(name) != expected:

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 
-from tokenuni.metrics.base import Metric, MetricValue, TokenBatch
+from tokenuni.metrics.base import Metric, MetricError, MetricValue, TokenBatch
 from tokenuni.numerics import MomentSums, constant_up_to_rounding, descending_eigh
 
 
@@ -45,7 +45,7 @@ class WordFrequency(Metric):
     def __init__(self, device="cpu", log_frequency: bool = True, components: int = 3, **options):
         super().__init__(device, **options)
         if int(components) < 1:
-            raise ValueError("word_frequency: components must be >= 1")
+            raise MetricError("word_frequency: components must be >= 1")
         self.log_frequency = bool(log_frequency)
         self.components = int(components)
         #: N, mean and centred scatter of z = (x, f, ‖x‖) ∈ ℝ^{d+2}: every moment below is a block of it

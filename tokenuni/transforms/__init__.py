@@ -33,7 +33,7 @@ def make_transform(name: str | type[Transform], params: dict | None = None, devi
     """A transform ``name`` (a config name or a :class:`Transform` subclass) built with ``params``."""
     cls = name if isinstance(name, type) else TRANSFORMS.get(name)
     if cls is None:
-        raise KeyError(f"unknown transform {name!r}; known transforms: {', '.join(TRANSFORMS)}")
+        raise TransformError(f"unknown transform {name!r}; known transforms: {', '.join(TRANSFORMS)}")
     try:
         return cls(device=device, **dict(params or {}))
     except TypeError as error:

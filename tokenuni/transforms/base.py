@@ -186,7 +186,7 @@ class Transform(ABC):
 
         path = Path(path)
         if not path.exists():
-            raise FileNotFoundError(f"transform file {path} does not exist")
+            raise TransformError(f"transform file {path} does not exist")
         try:
             with np.load(path, allow_pickle=False) as archive:
                 arrays = {key: archive[key] for key in archive.files}

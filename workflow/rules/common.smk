@@ -3,17 +3,20 @@
 import json
 import os
 import re
+import sys
 
 from snakemake.exceptions import WorkflowError
 
-from tokenuni.config import ConfigError, data_mirror, enabled_metrics, model_specs, validate_config
+from tokenuni.config import ConfigError, data_mirror, enabled_metrics, load_yaml, model_specs, validate_config
 from tokenuni.gpu_lease import gpu_devices
 from tokenuni.metrics import METRICS
 from tokenuni.metrics.suite import pass_plan
-from tokenuni.sources import SourceError, mirror_files, corpus_uses_mirror, require_sources
-from tokenuni.tracking import resolve_tracking_uri
+from tokenuni.sources import mirror_files, corpus_uses_mirror
+from tokenuni.tracking import resolve_tracking_uri, sqlite_store, store_problem
 
 try:
+    for _configfile in workflow.configfiles:  # Snakemake's loader keeps the last of two equal keys: refuse them
+        load_yaml(_configfile)
     validate_config(config)
 except ConfigError as error:
     raise WorkflowError(str(error)) from None
@@ -43,12 +46,6 @@ FINETUNE = config["finetune"] if config["finetune"]["enabled"] and config["finet
 FT_TASKS = FINETUNE["tasks"] if FINETUNE else []
 FT_VARIANTS = list(FINETUNE["variants"]) if FINETUNE else []
 FT_SEEDS = [str(seed) for seed in FINETUNE["seeds"]] if FINETUNE else []
-_unknown = sorted(set(SENTENCE_CORPORA) - set(CORPORA))
-if _unknown:
-    raise WorkflowError(
-        f"sts names corpora that are not in the config's corpora section: {', '.join(_unknown)} "
-        "(sts.datasets and sts.transforms.<name>.fit_on take corpus keys, or fit_on: pool)"
-    )
 METRIC_NAMES = enabled_metrics(config)
 # rows drawn as "<row>_by_layer" figures, each with the metric (job) that produces it
 BY_LAYER_FIGURES = {
@@ -73,6 +70,19 @@ if _TRACKING_URI.startswith("http"):
         TOKENUNI_MLFLOW_LIVE_URI=_TRACKING_URI,
         TOKENUNI_MLFLOW_EXPERIMENT=config["mlflow"]["experiment"] or f"tokenuni-{config['study']}",
     )
+
+
+# The embedded store heals: when results/mlflow.db is unreadable (or gone) while the sync's output says it is up
+# to date, that output goes, so that this run's mlflow_sync moves the broken file aside and rebuilds the store
+# from results/runs/ (tokenuni.tracking.heal_store). Main process only (jobs re-read this file).
+_STORE = sqlite_store(_TRACKING_URI)
+_SYNC_OUTPUT = f"{RESULTS}/mlflow/sync.json"
+if workflow.is_main_process and _STORE is not None and os.path.exists(_SYNC_OUTPUT):
+    _store_state = "it is missing" if not _STORE.exists() else store_problem(_STORE)
+    if _store_state:
+        os.remove(_SYNC_OUTPUT)
+        print(f"MLflow store {_STORE} cannot be read ({_store_state}): mlflow_sync will move it aside and rebuild "
+              f"it from {RESULTS}/runs/", file=sys.stderr)
 
 
 def _choice(names):
@@ -228,8 +238,12 @@ def corpus_mirror_files(wildcards):
 
 
 def check_sources_before_start():
-    """Fail before any job starts, with one message listing every unresolvable model or corpus."""
+    """Fail before any job starts, with one message listing everything `tokenuni check` finds: unresolvable
+    models or corpora, model folders a job could not load, unsupported model families, config references out
+    of range, corpus rows their reader refuses (tokenuni.check)."""
+    from tokenuni.check import StudyCheckError, require_study
+
     try:
-        require_sources(config, MIRROR, probe_hub=True)
-    except SourceError as error:
+        require_study(config, MIRROR, probe_hub=True)
+    except StudyCheckError as error:
         raise WorkflowError(str(error)) from None

@@ -12,11 +12,6 @@ PROJECTION_OPTIONS = (
 )
 PROJECTION_COLOURS = ["frequency"] + (["cluster"] if PROJECTION and PROJECTION["clusters"] is not None else [])
 PROJECTION_DIMS = ["2d", "3d"]
-if PROJECTION and PROJECTION["clusters"] == "mms" and "clusters" not in METRIC_NAMES:
-    raise WorkflowError(
-        'projection.clusters is "mms" (k per layer from the clusters metric) but metrics.clusters is disabled: '
-        "enable it, or set projection.clusters to an integer k or null"
-    )
 
 
 PROJECTION_TABLE = f"{RESULTS}/projections/{{model}}/{{corpus}}.parquet"
