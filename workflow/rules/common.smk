@@ -39,6 +39,13 @@ FINETUNE = config["finetune"] if config["finetune"]["enabled"] and config["finet
 FT_TASKS = FINETUNE["tasks"] if FINETUNE else []
 FT_VARIANTS = list(FINETUNE["variants"]) if FINETUNE else []
 FT_SEEDS = [str(seed) for seed in FINETUNE["seeds"]] if FINETUNE else []
+# finetune keys that are not a job's settings (the grid, and the summary's statistics): changing them reruns no job
+FT_NOT_JOB_SETTINGS = ("tasks", "variants", "seeds", "enabled", "baseline", "bootstrap")
+if FINETUNE and FINETUNE["baseline"] not in FT_VARIANTS:
+    raise WorkflowError(
+        f"finetune.baseline is {FINETUNE['baseline']!r}, which is not among finetune.variants "
+        f"({', '.join(FT_VARIANTS)}); every variant is compared with the baseline on the same seeds"
+    )
 _unknown = sorted(set(SENTENCE_CORPORA) - set(CORPORA))
 if _unknown:
     raise WorkflowError(
@@ -155,7 +162,9 @@ def all_sts_files(kind="scores"):
 
 def all_targets(report=True):
     """Every final output of the study; ``report=False``: all but the HTML report (the report's inputs)."""
-    targets = [f"{RESULTS}/tables/metrics.parquet", f"{RESULTS}/tables/metrics.tsv", f"{RESULTS}/mlflow/sync.json"]
+    targets = [f"{RESULTS}/mlflow/sync.json"]
+    if METRIC_NAMES and GEOMETRY_CORPORA:  # a fine-tuning-only study (config/finetune-cpu.yaml) has none
+        targets += [f"{RESULTS}/tables/metrics.parquet", f"{RESULTS}/tables/metrics.tsv"]
     targets += [png for png, _ in FIGURE_RUNS]  # workflow/rules/figures.smk
     if STS:
         targets += [f"{RESULTS}/tables/sts.parquet", f"{RESULTS}/tables/sts_summary.md"]
@@ -188,7 +197,8 @@ def all_records():
     ]
     if FINETUNE:
         records += [f"{RESULTS}/runs/finetune_table/finetune_table.json"]
-    records += [f"{RESULTS}/runs/metrics_table/metrics_table.json"]
+    if METRIC_NAMES and GEOMETRY_CORPORA:
+        records += [f"{RESULTS}/runs/metrics_table/metrics_table.json"]
     records += [run for _, run in FIGURE_RUNS]  # workflow/rules/figures.smk
     records += PROJECTION_RECORDS  # workflow/rules/projection.smk
     return records
