@@ -150,7 +150,7 @@ def compare_variants(results: pd.DataFrame, predictions: dict, baseline: str = B
                            difference_high=difference.high, difference_seeds=len(common),
                            verdict=st.verdict(difference.low, difference.high))
             elif variant != baseline:
-                row["verdict"] = "no baseline run"
+                row["verdict"] = "no paired baseline"
             rows.append(row)
     return pd.DataFrame(rows)
 

@@ -40,7 +40,7 @@ FT_TASKS = FINETUNE["tasks"] if FINETUNE else []
 FT_VARIANTS = list(FINETUNE["variants"]) if FINETUNE else []
 FT_SEEDS = [str(seed) for seed in FINETUNE["seeds"]] if FINETUNE else []
 # finetune keys that are not a job's settings (the grid, and the summary's statistics): changing them reruns no job
-FT_NOT_JOB_SETTINGS = ("tasks", "variants", "seeds", "enabled", "baseline", "bootstrap")
+FT_NOT_JOB_SETTINGS = ("tasks", "variants", "seeds", "enabled", "baseline", "bootstrap", "per_task")
 if FINETUNE and FINETUNE["baseline"] not in FT_VARIANTS:
     raise WorkflowError(
         f"finetune.baseline is {FINETUNE['baseline']!r}, which is not among finetune.variants "
@@ -133,6 +133,12 @@ def sts_inputs(wildcards):
     fit_on = STS["transforms"][wildcards.transform]["fit_on"]
     corpora = list(STS_DATASETS) + ([fit_on] if fit_on != "pool" and fit_on not in STS_DATASETS else [])
     return [sentences_file(wildcards.model, corpus) for corpus in corpora]
+
+
+def finetune_settings(wildcards):
+    """A fine-tuning job's settings: the finetune block's, with the task's per_task entries replacing them."""
+    base = {k: v for k, v in FINETUNE.items() if k not in FT_NOT_JOB_SETTINGS}
+    return json.dumps({**base, **FINETUNE["per_task"].get(wildcards.task, {})})
 
 
 def finetune_mirror_files(wildcards):

@@ -14,7 +14,7 @@ rule finetune:
     params:
         model=lambda wildcards: json.dumps(MODEL_SPECS[wildcards.model]),
         variant=lambda wildcards: json.dumps(FINETUNE["variants"][wildcards.variant]),
-        settings=json.dumps({k: v for k, v in FINETUNE.items() if k not in FT_NOT_JOB_SETTINGS}) if FINETUNE else "{}",
+        settings=finetune_settings,
         mirror=MIRROR or "",
         job=job("finetune"),
     threads: 1
