@@ -325,8 +325,8 @@ def cmd_finetune(args) -> None:
     import json as json_module
     import time
 
-    startup = _process_seconds()
-    cli_started = time.perf_counter()
+    startup, startup_cpu = _process_seconds(), time.process_time()
+    cli_started, cli_cpu = time.perf_counter(), time.process_time()
     from tokenuni.devices import select_device
     from tokenuni.finetune.job import run_finetune, write_predictions
     from tokenuni.store import atomic_path
@@ -336,24 +336,27 @@ def cmd_finetune(args) -> None:
     device = select_device(args.device)
     with _job_run(args, {"model": args.model, "task": args.task, "variant": {args.variant_name: args.variant},
                          "seed": args.seed, "settings": args.settings}) as run:
-        cli_imports = time.perf_counter() - cli_started  # torch (threads, device), the tracking module
+        # torch (threads, device), the tracking module
+        cli_imports, cli_imports_cpu = time.perf_counter() - cli_started, time.process_time() - cli_cpu
         summary, geometry = run_finetune(
             args.model, model_key=args.model_key, task=args.task, variant_name=args.variant_name,
             variant=args.variant, seed=args.seed, settings=args.settings, mirror_root=args.mirror or None,
             device=device, log_metric=(run.log_metric if run else None), progress=not args.no_progress)
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.process_time()
         # the metric's own variant/seed columns keep their meaning under other names
         geometry = geometry.rename(columns={"variant": "metric_variant", "seed": "sample_seed"}).assign(
             task=args.task, variant=args.variant_name, seed=args.seed)
         write_table(geometry, args.geometry)
         summary.update(task=args.task, seed=args.seed)
         write_predictions(args.predictions, summary)
-        timings = summary["timings"]
+        timings, cpu = summary["timings"], summary["timings_cpu"]
         timings["imports"] += cli_imports
+        cpu["imports"] += cli_imports_cpu
         if startup is not None:
-            timings["startup"] = startup
-        timings["write"] = time.perf_counter() - started  # the run record's own write follows
-        summary["seconds_total"] = sum(timings.values())
+            timings["startup"], cpu["startup"] = startup, startup_cpu
+        # the run record's own write follows
+        timings["write"], cpu["write"] = time.perf_counter() - started, time.process_time() - started_cpu
+        summary["seconds_total"], summary["cpu_seconds_total"] = sum(timings.values()), sum(cpu.values())
         record = {k: v for k, v in summary.items() if k not in ("curves", "dev_logits", "dev_labels")}
         with atomic_path(args.summary) as tmp:
             Path(tmp).write_text(json_module.dumps(record, indent=1, default=float), encoding="utf-8")

@@ -50,15 +50,21 @@ class DevStates:
         self._tmp = tempfile.TemporaryDirectory(prefix="tokenuni-finetune-")
         self.path = Path(self._tmp.name) / "dev.arrow"
         self.writer = None
-        self.seconds = 0.0  #: time spent keeping the states (inside the evaluation)
+        self.seconds = self.cpu_seconds = 0.0  #: time spent keeping the states (inside the evaluation)
 
     def __call__(self, index, batch, output) -> None:
+        started, cpu = time.perf_counter(), time.process_time()
+        try:
+            self._keep(index, batch, output)
+        finally:
+            self.seconds += time.perf_counter() - started
+            self.cpu_seconds += time.process_time() - cpu
+
+    def _keep(self, index, batch, output) -> None:
         import torch
 
-        started = time.perf_counter()
         chosen = self.keep[np.asarray(index)]
         if not chosen.any():
-            self.seconds += time.perf_counter() - started
             return
         mask = batch["attention_mask"].bool() & torch.as_tensor(chosen, device=batch["attention_mask"].device)[:, None]
         layers = [h[mask].float().cpu().numpy() for h in output.hidden_states]
@@ -79,7 +85,6 @@ class DevStates:
             else np.zeros(sum(len(i) for i in ids), dtype=bool),
             "frequency": self.frequency[np.concatenate(ids)],
         }, layers)
-        self.seconds += time.perf_counter() - started
 
     def metrics(self, names: list[str], device) -> pd.DataFrame:
         """The metrics suite on every layer of the kept states (scalar rows only)."""
@@ -123,32 +128,37 @@ def run_finetune(model_spec: dict, *, model_key: str, task: str, variant_name: s
     ``train_majority_class`` (the chance predictor; None for regression) and ``timings``: seconds per
     stage — ``imports`` (torch, transformers, the library), ``data`` (reading the task), ``model_load``,
     ``tokenise``, ``train``, ``epoch_hook`` (I-STAR's C0), ``evaluate``, ``geometry`` (keeping the dev
-    states and the metrics suite).
+    states and the metrics suite); ``timings_cpu``: the same stages in the process's CPU time (all threads;
+    with one thread close to the wall time of an idle machine, so comparable on a busy one).
     """
     timings: dict[str, float] = {}
-    started = time.perf_counter()
+    cpu: dict[str, float] = {}
+    started, started_cpu = time.perf_counter(), time.process_time()
+
+    def lap(stage: str) -> None:
+        nonlocal started, started_cpu
+        timings[stage], cpu[stage] = time.perf_counter() - started, time.process_time() - started_cpu
+        started, started_cpu = time.perf_counter(), time.process_time()
+
     from tokenuni.embed import load_model
     from tokenuni.finetune.model import GlueModel
     from tokenuni.finetune.statistics import majority_class
     from tokenuni.finetune.train import Encoded, finetune, set_seed
     from tokenuni.glue import load_task, task_spec
 
-    timings["imports"] = time.perf_counter() - started
-    started = time.perf_counter()
+    lap("imports")
     spec = task_spec(task)
     train = load_task(task, "train", mirror_root, max_examples=settings.get("max_train_examples"), seed=0)
     dev = load_task(task, "dev", mirror_root, max_examples=settings.get("max_dev_examples"), seed=0)
-    timings["data"] = time.perf_counter() - started
-    started = time.perf_counter()
+    lap("data")
     set_seed(seed)  # before the head is initialised
     tokenizer, encoder = load_model(model_spec, device)
     regression = spec["kind"] == "regression"
     model = GlueModel(encoder, num_labels=spec["num_labels"], regression=regression, variant=variant)
-    timings["model_load"] = time.perf_counter() - started
-    started = time.perf_counter()
+    lap("model_load")
     train_data = Encoded(tokenizer, *train, settings["max_length"])
     dev_data = Encoded(tokenizer, *dev, settings["max_length"])
-    timings["tokenise"] = time.perf_counter() - started
+    lap("tokenise")
     steps = settings["epochs"] * -(-len(train[0]) // (settings["batch_size"] * settings["grad_accumulation"]))
     states = DevStates(dev_data, model_key=model_key, task=task, max_sentences=settings.get("geometry_max_sentences"))
     try:
@@ -159,14 +169,18 @@ def run_finetune(model_spec: dict, *, model_key: str, task: str, variant_name: s
                            log=log_metric, eval_every=settings.get("eval_every"), progress=progress,
                            log_every=max(1, min(10, steps // 20)),  # ≥ 20 points per curve when there are steps
                            on_final_dev_batch=states)
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.process_time()
         geometry = states.metrics(settings["geometry_metrics"], summary["device"])
-        timings["geometry"] = states.seconds + time.perf_counter() - started
+        lap("geometry")
     finally:
         states.close()
+    timings["geometry"] += states.seconds
+    cpu["geometry"] += states.cpu_seconds
     timings.update(train=summary["train_seconds"], epoch_hook=summary["start_epoch_seconds"],
                    evaluate=summary["eval_seconds"] - states.seconds)
-    summary = {**summary, "variant": variant_name, "model": model_key, "timings": timings,
+    cpu.update(train=summary["train_cpu_seconds"], epoch_hook=summary["start_epoch_cpu_seconds"],
+               evaluate=summary["eval_cpu_seconds"] - states.cpu_seconds)
+    summary = {**summary, "variant": variant_name, "model": model_key, "timings": timings, "timings_cpu": cpu,
                "geometry_sentences": states.sentences, "geometry_seed": states.seed,
                "seconds_total": sum(timings.values()), "dev_labels": np.asarray(dev[2]), "dev_digest": dev_digest(dev),
                "train_majority_class": None if regression else majority_class(train[2])}

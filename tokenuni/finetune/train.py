@@ -287,7 +287,9 @@ def finetune(model, tokenizer, task, train, dev, *, epochs: int, lr: float, batc
     ``final_loss`` (mean total loss of the last optimizer step), ``steps``, ``steps_per_epoch``,
     ``warmup_steps``, ``skipped_steps``, ``train_examples``, ``dev_examples``, ``effective_batch_size``,
     ``dev_logits`` (the final evaluation's logits, or scores, in dev order: a numpy array, not JSON),
-    ``seconds`` (all), ``tokenise_seconds`` / ``train_seconds`` / ``eval_seconds`` / ``start_epoch_seconds``,
+    ``seconds`` (all), ``tokenise_seconds`` / ``train_seconds`` / ``eval_seconds`` / ``start_epoch_seconds``
+    (wall clock) and the same as ``*_cpu_seconds`` (the process's CPU time, all threads: comparable on a
+    busy machine),
     ``seconds_per_epoch`` (training part of each epoch), ``tokens`` (real training tokens) and
     ``tokens_per_second`` (over ``train_seconds``), ``precision``, ``device``, ``seed``.
     """
@@ -306,12 +308,12 @@ def finetune(model, tokenizer, task, train, dev, *, epochs: int, lr: float, batc
     precision = resolve_precision(precision, device)
     set_seed(seed)
 
-    tokenise_started = time.perf_counter()
+    tokenise_started, tokenise_cpu = time.perf_counter(), time.process_time()
     train_data = train if isinstance(train, Encoded) else Encoded(tokenizer, train[0], train[1], train[2], max_length)
     dev_data = dev if isinstance(dev, Encoded) else Encoded(tokenizer, dev[0], dev[1], dev[2], max_length)
     if train_data.labels is None or dev_data.labels is None:
         raise ValueError("training and dev examples need labels")
-    tokenise_seconds = time.perf_counter() - tokenise_started
+    tokenise_seconds, tokenise_cpu = time.perf_counter() - tokenise_started, time.process_time() - tokenise_cpu
     model.to(device)
 
     n_batches = math.ceil(len(train_data) / batch_size)
@@ -354,6 +356,7 @@ def finetune(model, tokenizer, task, train, dev, *, epochs: int, lr: float, batc
     tokens = 0
     skipped = consecutive_skipped = overflow_steps = 0
     train_seconds = eval_seconds = start_epoch_seconds = 0.0
+    train_cpu = eval_cpu = start_epoch_cpu = 0.0
     seconds_per_epoch: list[float] = []
     window: dict[str, float] = defaultdict(float)  # sums since the last logged point
     window_steps = 0
@@ -363,7 +366,7 @@ def finetune(model, tokenizer, task, train, dev, *, epochs: int, lr: float, batc
     try:
         for epoch in range(epochs):
             # -- the epoch hook: hidden states of a seeded sample of training batches, no grad
-            hook_started = time.perf_counter()
+            hook_started, hook_cpu = time.perf_counter(), time.process_time()
             generators = []
 
             def sample_hidden(epoch=epoch):
@@ -393,10 +396,11 @@ def finetune(model, tokenizer, task, train, dev, *, epochs: int, lr: float, batc
             model.train()
             synchronize()
             start_epoch_seconds += time.perf_counter() - hook_started
+            start_epoch_cpu += time.process_time() - hook_cpu
 
             # -- the epoch
-            epoch_started = time.perf_counter()
-            epoch_eval = 0.0
+            epoch_started, epoch_cpu = time.perf_counter(), time.process_time()
+            epoch_eval = epoch_eval_cpu = 0.0
             batches = make_batches(train_data.lengths, batch_size, np.random.default_rng([seed, epoch]),
                                    group_by_length)
             optimizer.zero_grad(set_to_none=True)
@@ -478,20 +482,24 @@ def finetune(model, tokenizer, task, train, dev, *, epochs: int, lr: float, batc
                     window_steps = 0
                 if eval_every and step % eval_every == 0 and first + grad_accumulation < len(batches):
                     synchronize()
-                    eval_started = time.perf_counter()
+                    eval_started, eval_started_cpu = time.perf_counter(), time.process_time()
                     evaluate(step, epoch + (first + len(group)) / len(batches))
                     last_eval_step = step
                     epoch_eval += time.perf_counter() - eval_started
+                    epoch_eval_cpu += time.process_time() - eval_started_cpu
 
             synchronize()
-            eval_started = time.perf_counter()
+            eval_started, eval_started_cpu = time.perf_counter(), time.process_time()
             if last_eval_step != step or epoch == epochs - 1:
                 evaluate(step, epoch + 1, final=epoch == epochs - 1)
                 last_eval_step = step
             epoch_eval += time.perf_counter() - eval_started
+            epoch_eval_cpu += time.process_time() - eval_started_cpu
             eval_seconds += epoch_eval
+            eval_cpu += epoch_eval_cpu
             seconds_per_epoch.append(time.perf_counter() - epoch_started - epoch_eval)
             train_seconds += seconds_per_epoch[-1]
+            train_cpu += time.process_time() - epoch_cpu - epoch_eval_cpu
     finally:
         bar.close()
 
@@ -524,6 +532,10 @@ def finetune(model, tokenizer, task, train, dev, *, epochs: int, lr: float, batc
         "train_seconds": train_seconds,
         "eval_seconds": eval_seconds,
         "start_epoch_seconds": start_epoch_seconds,
+        "tokenise_cpu_seconds": tokenise_cpu,
+        "train_cpu_seconds": train_cpu,
+        "eval_cpu_seconds": eval_cpu,
+        "start_epoch_cpu_seconds": start_epoch_cpu,
         "seconds_per_epoch": seconds_per_epoch,
         "tokens": tokens,
         "tokens_per_second": tokens / train_seconds if train_seconds > 0 else math.nan,
