@@ -6,8 +6,9 @@ Each run is a fresh ``python`` process (as a Snakemake job is) that imports the 
 (``time.process_time``: all threads; with ``--threads 1`` it is close to the wall time of an idle machine,
 so it stays comparable on a busy one). The two trees run interleaved, ``--repeats`` times each; medians are
 reported. The driver works with both the API before (``tokenuni.finetune.job.dev_geometry``: a second
-forward pass over the dev set) and after (``run_finetune`` timing itself; the geometry from the final
-evaluation's forward pass, on ``geometry_max_sentences`` dev examples).
+forward pass over the dev set; the training loop's CPU time split in proportion to its wall time) and
+after (``run_finetune`` timing its stages itself, wall and CPU; the geometry from the final evaluation's
+forward pass, on ``geometry_max_sentences`` dev examples).
 
     git archive 4e800f9 | tar -x -C /tmp/before      # the code before
     python tests/benchmarks/finetune_split.py --before /tmp/before --repeats 2 --threads 1 \\
@@ -56,43 +57,13 @@ from tokenuni.embed import load_model
 from tokenuni.glue import load_task, task_spec
 from tokenuni.metrics import compute_metric
 mark("imports", w, c)
-if hasattr(J, "DevStates"):  # after: the job times itself; add its process CPU time per stage by re-running? no:
-    # run_finetune reports wall seconds per stage; the CPU time of each stage is measured here by wrapping
-    # the functions it calls.
-    stage = {"name": None}
-    cpu_of = {}
-    def timed(name, fn):
-        def wrapper(*a, **k):
-            c0 = time.process_time()
-            try:
-                return fn(*a, **k)
-            finally:
-                cpu_of[name] = cpu_of.get(name, 0.0) + time.process_time() - c0
-        return wrapper
-    import tokenuni.embed, tokenuni.glue
-    J_load_task = tokenuni.glue.load_task
-    tokenuni.glue.load_task = timed("data", J_load_task)
-    tokenuni.embed.load_model = timed("model_load", tokenuni.embed.load_model)
-    T.Encoded.__init__ = timed("tokenise", T.Encoded.__init__)
-    T.finetune = timed("finetune", T.finetune)
-    J.DevStates.metrics = timed("geometry_metrics", J.DevStates.metrics)
-    J.DevStates.__call__ = timed("geometry_keep", J.DevStates.__call__)
-    w, c = time.perf_counter(), time.process_time()
+if hasattr(J, "DevStates"):  # after: the job times its stages itself (wall and CPU)
     summary, _ = J.run_finetune(model_spec, model_key="minilm", task=task, variant_name="baseline", variant={},
                                 seed=0, settings=settings, mirror_root=None, device="cpu", progress=False)
-    walls = summary["timings"]
-    clocks["imports"]["wall"] += walls["imports"]
-    for name in ("data", "model_load", "tokenise", "train", "epoch_hook", "evaluate", "geometry"):
-        clocks[name] = {"wall": walls[name], "cpu": float("nan")}
-    clocks["data"]["cpu"] = cpu_of.get("data", 0.0)
-    clocks["model_load"]["cpu"] = cpu_of.get("model_load", 0.0)
-    clocks["tokenise"]["cpu"] = cpu_of.get("tokenise", 0.0)
-    clocks["geometry"]["cpu"] = cpu_of.get("geometry_metrics", 0.0) + cpu_of.get("geometry_keep", 0.0)
-    # the training loop's CPU time split like its wall time (train / hook / evaluate)
-    inner = cpu_of.get("finetune", 0.0) - cpu_of.get("geometry_keep", 0.0)
-    total = walls["train"] + walls["epoch_hook"] + walls["evaluate"]
-    for name in ("train", "epoch_hook", "evaluate"):
-        clocks[name]["cpu"] = inner * walls[name] / total if total else float("nan")
+    walls, cpus = summary["timings"], summary["timings_cpu"]
+    for name in ("imports", "data", "model_load", "tokenise", "train", "epoch_hook", "evaluate", "geometry"):
+        clocks.setdefault(name, {"wall": 0.0, "cpu": 0.0})
+        clocks[name] = {"wall": clocks[name]["wall"] + walls[name], "cpu": clocks[name]["cpu"] + cpus[name]}
     main = summary["main"]
 else:  # before: the same steps, timed here
     w, c = time.perf_counter(), time.process_time()
