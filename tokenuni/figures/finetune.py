@@ -207,8 +207,8 @@ def plot_isotropy_vs_score(results: pd.DataFrame, geometry: pd.DataFrame, out_pn
                                                     "pooled over tasks"))
         ax.set_xlabel(axis_label, fontsize=8)
         ax.set_ylabel("dev metric × 100 (the task's main metric)", fontsize=8)
-        ax.legend(fontsize=6.5, frameon=False, title="task (Spearman ρ, 95 % interval)", title_fontsize=6.5,
-                  loc="upper left")
+        ax.legend(fontsize=6.5, frameon=True, framealpha=0.85, title="task (Spearman ρ, 95 % interval)",
+                  title_fontsize=6.5, loc="best")
         ax.set_title("\n".join(textwrap.fill(text, 75) for text in statements), fontsize=6.5, loc="left")
     from matplotlib.lines import Line2D
 
