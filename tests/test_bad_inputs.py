@@ -915,7 +915,7 @@ def test_check_refuses_an_encoder_decoder_model(mirror, model_copy, tmp_path, ca
 def test_check_fails_on_pooling_and_fine_tuning_layers_beyond_the_model(mirror, model_copy, tmp_path, caplog):
     path = _check_config(tmp_path, mirror, model_copy, **{
         "sts.poolings": {"mean_deep": {"pool": "mean", "layers": [1, 6]}},
-        "finetune.enabled": True, "finetune.tasks": ["rte"], "finetune.variants": {"fused": {"fusion": {
+        "finetune.enabled": True, "finetune.tasks": ["rte"], "finetune.variants": {"baseline": {}, "fused": {"fusion": {
             "kind": "gate", "layers": [2, 9]}}}})
     message = _check(path, caplog)
     assert message == (
@@ -924,6 +924,16 @@ def test_check_fails_on_pooling_and_fine_tuning_layers_beyond_the_model(mirror, 
         "with 4 hidden states (0..3, or -4..-1 from the end) (model 'tiny', 3 blocks); use layers in -4..3\n"
         "  - config key finetune.variants.fused.fusion.layers: layer 9 is out of range for 4 hidden states "
         "(0 = embeddings … 3 = last block) (model 'tiny' has 4 hidden states); use layers in -4..3 or 'all'")
+
+
+def test_config_refuses_a_fine_tuning_baseline_that_is_not_a_variant(mirror, model_copy, tmp_path, caplog):
+    """Every variant is compared with finetune.baseline on the same seeds: a baseline outside the grid is a config
+    error naming the key, before any job."""
+    path = _check_config(tmp_path, mirror, model_copy, **{
+        "finetune.enabled": True, "finetune.tasks": ["rte"], "finetune.variants": {"fused": {"fusion": {
+            "kind": "gate", "layers": [1, 2]}}}})
+    message = _check(path, caplog)
+    assert "config key finetune.baseline: 'baseline' is not among finetune.variants (fused)" in message
 
 
 def test_check_fails_on_an_sts_dataset_that_is_not_paired_and_scored(mirror, model_copy, tmp_path, caplog):

@@ -176,6 +176,23 @@ def finetune_tables() -> tuple[pd.DataFrame, pd.DataFrame]:
     return results, geometry
 
 
+def finetune_summary(results: pd.DataFrame) -> pd.DataFrame:
+    """A per-(model, task, variant) summary shaped like tokenuni.finetune.summary.compare_variants's (the
+    interval widths are made up: the figure only draws them)."""
+    stats = results.groupby(["model", "task", "variant"], as_index=False, sort=False)["main"].mean()
+    chance = {"sst2": 0.5092, "mrpc": 0.8122}
+    base = stats[stats["variant"] == "baseline"].set_index("task")["main"]
+    stats = stats.rename(columns={"main": "mean"}).assign(low=lambda t: t["mean"] - 0.04, high=lambda t: t["mean"] + 0.04,
+                                                       chance=lambda t: t["task"].map(chance),
+                                                       metric=lambda t: t["task"].map({"sst2": "accuracy", "mrpc": "f1"}))
+    stats["difference"] = [m - base[t] if v != "baseline" else float("nan")
+                           for t, v, m in zip(stats["task"], stats["variant"], stats["mean"])]
+    stats["difference_low"], stats["difference_high"] = stats["difference"] - 0.03, stats["difference"] + 0.03
+    stats["verdict"] = ["" if v == "baseline" else "better" if lo > 0 else "worse" if hi < 0 else "no evidence"
+                        for v, lo, hi in zip(stats["variant"], stats["difference_low"], stats["difference_high"])]
+    return stats
+
+
 # ---------------------------------------------------------------------------------------------- checks
 def check_files(folder, stem, figsize) -> dict[str, str]:
     """PNG of figsize x DPI pixels with something drawn, SVG and PDF non-empty; no temporaries. SVG text."""
@@ -265,13 +282,20 @@ def test_sts_table(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ fine-tuning
-def test_finetune_scores_with_seed_spread(tmp_path):
+def test_finetune_scores_with_intervals_chance_and_differences(tmp_path):
     results, _ = finetune_tables()
-    plot_finetune_scores(results, *outputs(tmp_path, "scores"))
+    summary = finetune_summary(results)
+    assert set(summary.loc[summary["variant"] != "baseline", "verdict"]) == {"worse", "no evidence"}
+    plot_finetune_scores(results, summary, *outputs(tmp_path, "scores"))
     text = check_files(tmp_path, "scores", PANEL_FIGSIZE)
     assert "sst2 · accuracy · 2 seeds" in text and "mrpc · f1" in text and "istar_pos" in text
+    assert "chance (majority class)" in text and "95 % interval of the mean" in text
+    assert "difference: worse" in text and "difference: no evidence" in text
+    assert "difference to baseline × 100" in text
     with pytest.raises(ValueError, match=r"lacks column\(s\) \['main'\]"):
-        plot_finetune_scores(results.drop(columns="main"), tmp_path / "x.png")
+        plot_finetune_scores(results.drop(columns="main"), summary, tmp_path / "x.png")
+    with pytest.raises(ValueError, match=r"lacks column\(s\) \['chance'\]"):
+        plot_finetune_scores(results, summary.drop(columns="chance"), tmp_path / "x.png")
 
 
 def test_isotropy_vs_score_uses_last_layer(tmp_path):
@@ -283,6 +307,7 @@ def test_isotropy_vs_score_uses_last_layer(tmp_path):
     text = check_files(tmp_path, "iso", (11.0, 5.5))
     assert "IsoScore of the last layer" in text and "average cosine of the last layer" in text
     assert "variant softdecay" in text and "ρ =" in text
+    assert "no evidence of a relation" in text or "the data support" in text  # a plain statement per task
     with pytest.raises(ValueError, match="no fine-tuning run has last-layer isotropy"):
         plot_isotropy_vs_score(results.assign(seed=7), geometry, tmp_path / "x.png")
 

@@ -253,3 +253,34 @@ def test_finetune_mixed_precision_on_cuda(minilm, sst2):
                            seed=0, device="cuda", precision=precision, log_every=1, progress=False)
         assert summary["precision"] == precision and summary["device"].startswith("cuda")
         assert np.isfinite(summary["final_loss"]) and 0 <= summary["dev"]["accuracy"] <= 1
+
+
+def test_final_evaluation_gives_its_logits_and_hidden_states_for_the_geometry(minilm, sst2):
+    """The dev logits returned are the final evaluation's (equal to predict() afterwards), and DevStates keeps
+    exactly the real tokens of its seeded dev subset from that same forward pass."""
+    from tokenuni.finetune.job import DevStates
+    from tokenuni.store import open_dump
+
+    tokenizer = minilm[0]
+    model = make_model(minilm)
+    train = Encoded(tokenizer, *sst2[0], 64)
+    dev = Encoded(tokenizer, *sst2[1], 64)
+    states = DevStates(dev, model_key="minilm", task="sst2", max_sentences=10, seed=0)
+    try:
+        summary = finetune(model, tokenizer, "sst2", train, dev, epochs=1, lr=5e-5, batch_size=16, max_length=64,
+                           seed=0, device="cpu", progress=False, on_final_dev_batch=states)
+        logits = predict(model, tokenizer, sst2[1][0], None, batch_size=16, max_length=64, device="cpu",
+                         return_logits=True)
+        np.testing.assert_allclose(summary["dev_logits"], logits, rtol=1e-5, atol=1e-5)
+        assert summary["main"] == pytest.approx(float((logits.argmax(1) == sst2[1][2]).mean()))
+        assert summary["train_cpu_seconds"] > 0 and summary["eval_cpu_seconds"] > 0
+        geometry = states.metrics(["isoscore"], "cpu")
+        kept = np.flatnonzero(states.keep)
+        assert states.sentences == len(kept) == 10
+        dump = open_dump(states.path)
+        tokens = dump.read_index()
+        assert sorted(set(tokens["sentence_id"].to_pylist())) == kept.tolist()
+        assert len(tokens) == int(dev.lengths[kept].sum())  # every real token of the kept examples, no padding
+        assert sorted(set(geometry["layer"])) == list(range(7))
+    finally:
+        states.close()

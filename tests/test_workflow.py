@@ -54,7 +54,9 @@ def write_config(workdir: Path, mirror: Path, **changes) -> dict:
                                  "first_last_1": {"pool": "mean", "layers": [1, -1]}}
     config["sts"]["transforms"] = {name: config["sts"]["transforms"][name]
                                    for name in ("none", "softdecay", "whitening", "whitening_wikitext")}
-    config["finetune"].update(tasks=["sst2"], seeds=[0], max_train_examples=32, max_dev_examples=32,
+    # SST-2, where MiniLM learns in well under a minute: 400 examples, 50 updates, 300 dev examples
+    config["finetune"].update(tasks=["sst2"], seeds=[0], max_train_examples=400, max_dev_examples=300,
+                              geometry_max_sentences=64, bootstrap=300,
                               variants={name: config["finetune"]["variants"][name] for name in ("baseline", "softdecay")})
     for dotted, value in changes.items():
         node = config
@@ -219,14 +221,27 @@ def test_sts_table_and_summary(study):
     assert {"avg_cosine", "isoscore", "partition_isotropy"} <= set(geometry.metric)
 
 
-def test_finetune_table(study):
+def test_finetune_learns_and_says_so_with_intervals(study):
     import pandas as pd
 
-    results = pd.read_parquet(study / "results" / "tables" / "finetune.parquet")
+    tables = study / "results" / "tables"
+    results = pd.read_parquet(tables / "finetune.parquet")
     assert set(results["variant"]) == {"baseline", "softdecay"} and set(results["task"]) == {"sst2"}
     assert results["main"].between(0, 1).all()
-    summary = (study / "results" / "tables" / "finetune_summary.md").read_text()
-    assert "isoscore (last layer)" in summary and "softdecay" in summary
+    summary = pd.read_parquet(tables / "finetune_summary.parquet").set_index("variant")
+    baseline = summary.loc["baseline"]
+    # the baseline learns: its interval lies above chance (always "positive" on SST-2 dev: 50.9 %)
+    assert baseline["chance"] == pytest.approx(0.509, abs=0.03)
+    assert baseline["chance_verdict"] == "above chance" and baseline["over_chance_low"] > 0
+    assert baseline["low"] > baseline["chance"]
+    softdecay = summary.loc["softdecay"]
+    assert softdecay["difference_low"] <= softdecay["difference"] <= softdecay["difference_high"]
+    assert softdecay["verdict"] in ("better", "worse", "no evidence")
+    text = (tables / "finetune_summary.md").read_text()
+    assert "isoscore (last layer)" in text and "above chance" in text and "## Where a job's time goes" in text
+    predictions = pd.read_parquet(study / "results" / "finetune" / "minilm" / "sst2" / "baseline" / "seed0"
+                                  / "predictions.parquet")
+    assert len(predictions) == 300 and set(predictions["prediction"]) <= {0, 1}
 
 
 def test_changing_a_transform_parameter_reruns_only_that_transform(study, mirror):

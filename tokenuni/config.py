@@ -218,6 +218,10 @@ def config_problems(config: dict) -> list[str]:
     finetune = config.get("finetune", {})
     if finetune.get("enabled", True) and finetune.get("tasks"):
         problems += _unknown_metrics("finetune.geometry_metrics", finetune.get("geometry_metrics", []), METRICS)
+        baseline, variants = finetune.get("baseline", "baseline"), list(finetune.get("variants") or {})
+        if baseline not in variants:
+            problems.append(f"config key finetune.baseline: {baseline!r} is not among finetune.variants "
+                            f"({', '.join(variants)}); every variant is compared with the baseline on the same seeds")
     return problems
 
 

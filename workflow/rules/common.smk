@@ -46,6 +46,8 @@ FINETUNE = config["finetune"] if config["finetune"]["enabled"] and config["finet
 FT_TASKS = FINETUNE["tasks"] if FINETUNE else []
 FT_VARIANTS = list(FINETUNE["variants"]) if FINETUNE else []
 FT_SEEDS = [str(seed) for seed in FINETUNE["seeds"]] if FINETUNE else []
+# finetune keys that are not a job's settings (the grid, and the summary's statistics): changing them reruns no job
+FT_NOT_JOB_SETTINGS = ("tasks", "variants", "seeds", "enabled", "baseline", "bootstrap", "per_task")
 METRIC_NAMES = enabled_metrics(config)
 # rows drawn as "<row>_by_layer" figures, each with the metric (job) that produces it
 BY_LAYER_FIGURES = {
@@ -160,6 +162,12 @@ def sts_inputs(wildcards):
     return [sentences_file(wildcards.model, corpus) for corpus in corpora]
 
 
+def finetune_settings(wildcards):
+    """A fine-tuning job's settings: the finetune block's, with the task's per_task entries replacing them."""
+    base = {k: v for k, v in FINETUNE.items() if k not in FT_NOT_JOB_SETTINGS}
+    return json.dumps({**base, **FINETUNE["per_task"].get(wildcards.task, {})})
+
+
 def finetune_mirror_files(wildcards):
     """The mirror files of a GLUE task (inputs, so that a changed file reruns its fine-tuning jobs)."""
     from tokenuni.glue import GLUE_TASKS
@@ -187,7 +195,9 @@ def all_sts_files(kind="scores"):
 
 def all_targets(report=True):
     """Every final output of the study; ``report=False``: all but the HTML report (the report's inputs)."""
-    targets = [f"{RESULTS}/tables/metrics.parquet", f"{RESULTS}/tables/metrics.tsv", f"{RESULTS}/mlflow/sync.json"]
+    targets = [f"{RESULTS}/mlflow/sync.json"]
+    if METRIC_NAMES and GEOMETRY_CORPORA:  # a fine-tuning-only study (config/finetune-cpu.yaml) has none
+        targets += [f"{RESULTS}/tables/metrics.parquet", f"{RESULTS}/tables/metrics.tsv"]
     targets += [png for png, _ in FIGURE_RUNS]  # workflow/rules/figures.smk
     if STS:
         targets += [f"{RESULTS}/tables/sts.parquet", f"{RESULTS}/tables/sts_summary.md"]
@@ -221,7 +231,8 @@ def all_records():
     ]
     if FINETUNE:
         records += [f"{RESULTS}/runs/finetune_table/finetune_table.json"]
-    records += [f"{RESULTS}/runs/metrics_table/metrics_table.json"]
+    if METRIC_NAMES and GEOMETRY_CORPORA:
+        records += [f"{RESULTS}/runs/metrics_table/metrics_table.json"]
     records += [run for _, run in FIGURE_RUNS]  # workflow/rules/figures.smk
     records += PROJECTION_RECORDS  # workflow/rules/projection.smk
     return records

@@ -268,6 +268,7 @@ rule figure_sts_table:
 rule figure_finetune_scores:
     input:
         table=f"{RESULTS}/tables/finetune.parquet",
+        summary=f"{RESULTS}/tables/finetune_summary.parquet",
     output:
         png=report(
             f"{FIGURES}/finetune/scores.png",
@@ -286,7 +287,8 @@ rule figure_finetune_scores:
     log:
         f"{RESULTS}/logs/figure_finetune_scores.log",
     shell:
-        "python -m tokenuni figure finetune-scores --table {input.table:q} --model-labels {params.model_labels:q}"
+        "python -m tokenuni figure finetune-scores --table {input.table:q} --summary {input.summary:q}"
+        " --model-labels {params.model_labels:q}"
         " --png {output.png:q} --svg {output.svg:q} --pdf {output.pdf:q} --record {output.record:q}"
         " --job {params.job:q} 2> {log:q}"
 
