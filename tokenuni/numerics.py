@@ -383,6 +383,8 @@ def kmeans_runs(x, runs, *, n_init: int = 5, seed: int = 0, max_iter: int = 300,
     """
     import torch
 
+    if not runs:  # e.g. clusters' k_max lowered below k_min for a sample of a few tokens
+        return {}
     x = x.to(dtype=torch.float64)
     n = x.shape[0]
     mean = x.mean(dim=0)
