@@ -10,9 +10,9 @@ rule finetune:
         geometry=f"{RESULTS}/finetune/{{model}}/{{task}}/{{variant}}/seed{{seed}}/geometry.parquet",
         record=record("finetune", "model", "task", "variant", "seed"),
     params:
-        model=lambda wildcards: json.dumps(MODEL_SPECS[wildcards.model]),
+        model=lambda wildcards: MODEL_JSON[wildcards.model],
         variant=lambda wildcards: json.dumps(FINETUNE["variants"][wildcards.variant]),
-        settings=json.dumps({k: v for k, v in FINETUNE.items() if k not in ("tasks", "variants", "seeds", "enabled")})
+        settings=json.dumps({k: v for k, v in FINETUNE.items() if k not in ("tasks", "variants", "seeds", "enabled", "models")})
         if FINETUNE
         else "{}",
         mirror=MIRROR or "",
