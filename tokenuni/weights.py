@@ -140,15 +140,19 @@ class ConcatenatedFile(io.RawIOBase):
         return self._position
 
     def readinto(self, buffer) -> int:
-        if self._position >= self.size:
-            return 0
-        part = bisect.bisect_right(self._starts, self._position) - 1
-        handle = self._files[part]
-        handle.seek(self._position - self._starts[part])
+        """Fill ``buffer`` from the current position, across part boundaries (short only at the end)."""
         view = memoryview(buffer).cast("B")
-        n = handle.readinto(view[: min(len(view), self._ends[part] - self._position)])
-        self._position += n
-        return n
+        done = 0
+        while done < len(view) and self._position < self.size:
+            part = bisect.bisect_right(self._starts, self._position) - 1
+            handle = self._files[part]
+            handle.seek(self._position - self._starts[part])
+            n = handle.readinto(view[done: done + min(len(view) - done, self._ends[part] - self._position)])
+            if not n:
+                raise OSError(f"{handle.name} is shorter than when it was opened")
+            done += n
+            self._position += n
+        return done
 
     def close(self) -> None:
         for handle in self._files:
