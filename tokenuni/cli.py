@@ -54,6 +54,20 @@ def _gpu_lease(args):
     return lease_gpu(1)
 
 
+def _expected(args, corpus: str | None = None) -> dict | None:
+    """What the dump or sentence files a stage reads must have been written for (``--expect-model``)."""
+    if not getattr(args, "expect_model", None):
+        return None
+    from tokenuni.sources import expected_provenance
+
+    return expected_provenance(args.expect_model, corpus)
+
+
+def _add_expect_model(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--expect-model", type=_json, default=None,
+                        help="the model's config entry (as embed got it): stop unless the input was written for it")
+
+
 def _set_threads(threads: int | None) -> None:
     if threads:
         import torch
@@ -113,7 +127,7 @@ def cmd_metric(args) -> None:
     device = select_device(args.device)
     with _job_run(args, {"metric": {args.name: args.options}}) as run:
         table = compute_metric(args.dump, args.name, args.options, model=args.model, corpus=args.corpus,
-                               device=device, progress=not args.no_progress)
+                               device=device, progress=not args.no_progress, expected=_expected(args, args.corpus))
         write_table(table, args.out)
         if run:
             run.set_tags({"tokenuni.device": str(device)})
@@ -147,7 +161,7 @@ def cmd_projection(args) -> None:
     options = projection_options(args.options, args.clusters_table)
     with _job_run(args, {"projection": args.options}) as run:
         table = token_projection(args.dump, model=args.model, corpus=args.corpus, device=device,
-                                 progress=not args.no_progress, **options)
+                                 progress=not args.no_progress, expected=_expected(args, args.corpus), **options)
         write_table(table, args.out)
         if run:
             run.set_tags({"tokenuni.device": str(device)})
@@ -274,7 +288,7 @@ def cmd_sts(args) -> None:
         scores, geometry = evaluate_transform(files, datasets, model=args.model, pooling=args.pooling,
                                               transform_name=args.transform_name, transform_spec=args.transform,
                                               geometry_metrics=geometry_metrics, fitted_dir=args.fitted_dir,
-                                              device=device)
+                                              device=device, expected=_expected(args))
         write_table(scores, args.scores)
         write_table(geometry, args.geometry)
         if run:
@@ -481,6 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None)
+    _add_expect_model(p)
     _add_job_arguments(p)
     p.set_defaults(func=cmd_metric)
 
@@ -495,6 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None)
+    _add_expect_model(p)
     _add_job_arguments(p)
     p.set_defaults(func=cmd_projection)
 
@@ -564,6 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fitted-dir", type=Path, default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None)
+    _add_expect_model(p)
     _add_job_arguments(p)
     p.set_defaults(func=cmd_sts)
 

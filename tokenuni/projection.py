@@ -41,7 +41,7 @@ import pandas as pd
 
 from tokenuni.errors import TokenuniError
 from tokenuni.numerics import MomentSums, ReservoirSample, descending_eigh, kmeans
-from tokenuni.store import DumpError, layer_column, open_dump, vector_tensor
+from tokenuni.store import DumpError, check_provenance, layer_column, open_dump, vector_tensor
 
 
 class ProjectionError(TokenuniError, ValueError):
@@ -157,14 +157,15 @@ def _sampled_rows(dump, sample_size: int, seed: int, special_tokens: bool, devic
 def token_projection(dump_path, *, layers=None, sample_size: int = 5000, seed: int = 0, components: int = 3,
                      clusters: int | Mapping[int, int] | None = None, special_tokens: bool = False,
                      kmeans_options: Mapping | None = None, model: str | None = None, corpus: str | None = None,
-                     device="cpu", progress: bool = True) -> pd.DataFrame:
+                     device="cpu", progress: bool = True, expected: dict | None = None) -> pd.DataFrame:
     """Project a seeded token sample on each layer's top principal components (exact PCA over all tokens).
 
     Returns one row per (layer, sampled token) with columns ``model, training_step, corpus, layer,
     token_index`` (row in the dump), ``sentence_id, position, token_id, token, special, frequency,
     pc1 … pc<components>, explained_variance_ratio_pc1 …, n_tokens`` (tokens in the PCA), ``cluster,
     cluster_k`` (nullable; ``None`` when ``clusters`` is None), ``seed, sample_size``. ``model`` and
-    ``corpus`` default to the dump's metadata. See the module docstring for the formulas.
+    ``corpus`` default to the dump's metadata; ``expected``: what the dump must have been written for
+    (:func:`tokenuni.store.check_provenance`). See the module docstring for the formulas.
     """
     import torch
     from tqdm.auto import tqdm
@@ -181,6 +182,7 @@ def token_projection(dump_path, *, layers=None, sample_size: int = 5000, seed: i
     device = torch.device(device)
     dump = open_dump(path)
     meta = dump.metadata
+    check_provenance(path, meta, expected)
     model = model or meta.get("model_id", path.parent.name)
     corpus = corpus or meta.get("corpus", path.stem)
     layer_list = resolve_layers(layers, dump.n_layers, path)

@@ -54,10 +54,10 @@ def training_texts(mirror, n: int = 400) -> list[str]:
 
 
 def _minilm_vocab() -> dict[str, int]:
-    from tokenuni.sources import WEIGHT_PACKAGES, resolve_model
+    from tokenuni.sources import resolve_model
 
-    model_id = next(iter(WEIGHT_PACKAGES))
-    folder = Path(resolve_model({"id": model_id}).location)
+    # the installed MiniLM weight package (tokenuni.weights.WEIGHT_PACKAGES): its WordPiece vocabulary
+    folder = Path(resolve_model({"id": "sentence-transformers/all-MiniLM-L6-v2"}).location)
     with open(folder / "vocab.txt", encoding="utf-8") as handle:
         return {line.rstrip("\n"): i for i, line in enumerate(handle)}
 

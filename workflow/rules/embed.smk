@@ -8,7 +8,7 @@ rule embed:
         dump=dump_file("{model}", "{corpus}"),
         record=record("embed", "model", "corpus"),
     params:
-        model=lambda wildcards: json.dumps(MODEL_SPECS[wildcards.model]),
+        model=lambda wildcards: MODEL_JSON[wildcards.model],
         job=job("embed"),
     threads: 4
     resources:

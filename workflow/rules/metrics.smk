@@ -9,6 +9,7 @@ rule metric:
         record=record("metric", "model", "corpus", "metric"),
     params:
         options=lambda wildcards: json.dumps(config["metrics"][wildcards.metric]),
+        model=lambda wildcards: MODEL_JSON[wildcards.model],
         job=job("metric"),
     threads: 2
     resources:
@@ -21,7 +22,8 @@ rule metric:
         f"{RESULTS}/logs/metric/{{model}}__{{corpus}}__{{metric}}.log",
     shell:
         "python -m tokenuni metric {wildcards.metric} --dump {input.dump:q} --options {params.options:q}"
-        " --model {wildcards.model} --corpus {wildcards.corpus} --out {output.table:q} --threads {threads}"
+        " --model {wildcards.model} --expect-model {params.model:q} --corpus {wildcards.corpus} --out {output.table:q}"
+        " --threads {threads}"
         " --record {output.record:q} --job {params.job:q} 2> {log:q}"
 
 
