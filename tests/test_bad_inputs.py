@@ -796,7 +796,7 @@ def _check_config(tmp_path: Path, mirror: Path, model: Path, **changes) -> Path:
     config["corpora"] = {"stsb-test": config["corpora"]["stsb-test"], "sick-r": config["corpora"]["sick-r"]}
     config["sts"].update(datasets=["stsb-test"], poolings={"mean_last": {"pool": "mean", "layers": [-1]}},
                          transforms={"none": {"type": "identity"}})
-    config["finetune"]["enabled"] = False
+    config["finetune"].update(enabled=False, models=None)
     for dotted, value in changes.items():
         node = config
         *parents, last = dotted.split(".")

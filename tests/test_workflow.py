@@ -42,9 +42,11 @@ def output(result: subprocess.CompletedProcess) -> str:
     return result.stdout + result.stderr
 
 
-def write_config(workdir: Path, mirror: Path, **changes) -> dict:
+def write_config(workdir: Path, mirror: Path, models: tuple[str, ...] = ("minilm",), **changes) -> dict:
+    """The default config scaled down, with only ``models`` (MiniLM unless asked: MPNet is 7x slower)."""
     with open(REPO / "config" / "config.yaml") as handle:
         config = yaml.safe_load(handle)
+    config["models"] = {key: config["models"][key] for key in models}
     config["data_mirror"] = str(mirror)
     config["corpora"]["stsb-test"]["max_sentences"] = 200
     config["corpora"]["wikitext"]["max_sentences"] = 100
@@ -85,18 +87,24 @@ def mlflow_runs(results: Path):
     return client.search_runs([experiment.experiment_id], max_results=1000)
 
 
+#: both real models of the default study (MPNet is not fine-tuned: finetune.models of the default config); the
+#: clusters metric's k-means (9 k x 5 restarts x 3 repeats per layer) is the dearest job at these sizes, so one
+#: repeat and k <= 4 keep it short for MPNet's 13 layers of 768 dims
+BOTH_MODELS = {"models": ("minilm", "mpnet"), "metrics.clusters.repeats": 1, "metrics.clusters.k_max": 4}
+
+
 @pytest.fixture(scope="module")
 def study(mirror, tmp_path_factory) -> Path:
     """The default study, run once for every test in this module."""
     workdir = tmp_path_factory.mktemp("study")
-    write_config(workdir, mirror)
+    write_config(workdir, mirror, **BOTH_MODELS)
     snakemake(workdir)
     return workdir
 
 
 def test_outputs_figures_and_table(study):
     results = study / "results"
-    for model_corpus in ("minilm/stsb-test", "minilm/wikitext"):
+    for model_corpus in ("minilm/stsb-test", "minilm/wikitext", "mpnet/stsb-test", "mpnet/wikitext"):
         assert (results / "dumps" / f"{model_corpus}.arrow").stat().st_size > 0
         assert (results / "figures" / model_corpus / "singular_value_cdf.png").stat().st_size > 10_000
     for row in ("avg_cosine", "singular_value_skewness", "effective_rank", "token_uniformity"):
@@ -106,7 +114,8 @@ def test_outputs_figures_and_table(study):
 
     table = pd.read_parquet(results / "tables" / "metrics.parquet")
     cosine = table[(table.metric == "avg_cosine") & (table.corpus == "stsb-test") & (table.variant == "uncentred")]
-    assert sorted(cosine.layer) == list(range(7))
+    assert sorted(cosine[cosine.model == "minilm"].layer) == list(range(7))
+    assert sorted(cosine[cosine.model == "mpnet"].layer) == list(range(13))  # 12 blocks + the embedding output
     assert cosine.value.between(-1, 1).all()
     assert not list(results.rglob("*.tmp-*")), "temporary files left behind"
 
@@ -136,10 +145,12 @@ def test_one_mlflow_run_per_job(study):
     assert {run.info.status for run in runs} == {"FINISHED"}
     rules = sorted(run.data.tags["tokenuni.rule"] for run in runs)
     n_metrics = len(enabled_metrics(load_config(study / "config" / "config.yaml")))
-    assert rules.count("embed") == 2 and rules.count("metric") == 2 * n_metrics
+    assert rules.count("embed") == 2 * 2 and rules.count("metric") == 2 * 2 * n_metrics  # 2 models x 2 corpora
     assert rules.count("corpus") == 3  # stsb-test, wikitext, sick-r
-    assert rules.count("sentence_embed") == 3 and rules.count("sts") == 2 * 4  # 2 poolings x 4 transforms
-    assert rules.count("finetune") == 2 and rules.count("finetune_table") == 1
+    assert rules.count("sentence_embed") == 2 * 3 and rules.count("sts") == 2 * 2 * 4  # 2 poolings x 4 transforms
+    assert rules.count("finetune") == 2 and rules.count("finetune_table") == 1  # MiniLM only (finetune.models)
+    assert {run.data.tags["tokenuni.wildcard.model"] for run in runs if run.data.tags["tokenuni.rule"] == "finetune"} \
+        == {"minilm"}
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")
@@ -161,7 +172,7 @@ def test_paper_figures_and_snakemake_report(study, tmp_path):
 
     figures = study / "results" / "figures"
     made = ["geometry_by_layer", "oversmoothing_by_layer", "sts/mean_last/scores", "sts/first_last_1/geometry",
-            "sts/minilm/sts_table", "finetune/scores", "finetune/isotropy_vs_score"]
+            "sts/minilm/sts_table", "sts/mpnet/sts_table", "finetune/scores", "finetune/isotropy_vs_score"]
     for stem in made:
         for ext in ("png", "svg", "pdf"):
             assert (figures / f"{stem}.{ext}").stat().st_size > 5_000, f"{stem}.{ext}"
@@ -190,13 +201,13 @@ def test_second_run_does_nothing(study):
 
 def test_changing_one_metric_option_reruns_only_that_metric(study, mirror):
     before = len(mlflow_runs(study / "results"))
-    write_config(study, mirror, **{"metrics.token_uniformity.min_tokens": 3})
+    write_config(study, mirror, **BOTH_MODELS, **{"metrics.token_uniformity.min_tokens": 3})
     planned = planned_jobs(study)
-    assert planned == {"metric": 2, "figure_by_layer": 1, "metrics_table": 1, "mlflow_sync": 1, "html_report": 1,
+    assert planned == {"metric": 4, "figure_by_layer": 1, "metrics_table": 1, "mlflow_sync": 1, "html_report": 1,
                        "figure_geometry_panels": 1, "figure_oversmoothing": 1, "all": 1}
     snakemake(study)
     runs = mlflow_runs(study / "results")
-    assert len(runs) == before + 6  # two metric jobs, their figure, the table, the two panel figures of the table
+    assert len(runs) == before + 8  # four metric jobs, their figure, the table, the two panel figures of the table
     assert planned_jobs(study) == {}
 
 
@@ -211,7 +222,8 @@ def test_sts_table_and_summary(study):
     assert set(headline[headline.pooling == "first_last_1"].layers) == {"1+6"}
     assert headline.spearman.between(-100, 100).all()
     baseline = headline[(headline["transform"] == "none") & (headline.pooling == "mean_last")]
-    assert (baseline.spearman > 60).all()  # a sentence-embedding model on STS: well above chance
+    assert (baseline.spearman > 60).all()  # sentence-embedding models on STS: well above chance
+    assert set(baseline.model) == {"minilm", "mpnet"}
     assert set(scores[scores["transform"] == "whitening_wikitext"].fit_on) == {"corpus:wikitext"}
     assert set(scores[scores["transform"] == "whitening"].fit_on) == {"pool:stsb-test", "pool:sick-r"}
     summary = (study / "results" / "tables" / "sts_summary.md").read_text()
@@ -246,12 +258,12 @@ def test_finetune_learns_and_says_so_with_intervals(study):
 
 def test_changing_a_transform_parameter_reruns_only_that_transform(study, mirror):
     metric_change = {"metrics.token_uniformity.min_tokens": 3}  # as the previous test left it
-    write_config(study, mirror, **metric_change)
+    write_config(study, mirror, **BOTH_MODELS, **metric_change)
     snakemake(study)
-    write_config(study, mirror, **metric_change, **{"sts.transforms.softdecay.params.alpha": -0.3})
+    write_config(study, mirror, **BOTH_MODELS, **metric_change, **{"sts.transforms.softdecay.params.alpha": -0.3})
     planned = planned_jobs(study)
-    assert planned == {"sts": 2, "sts_table": 1, "mlflow_sync": 1, "html_report": 1, "all": 1,  # no model run
-                       "figure_sts_scores": 2, "figure_sts_geometry": 2, "figure_sts_table": 1}  # STS figures
+    assert planned == {"sts": 4, "sts_table": 1, "mlflow_sync": 1, "html_report": 1, "all": 1,  # no model run
+                       "figure_sts_scores": 2, "figure_sts_geometry": 2, "figure_sts_table": 2}  # STS figures
     snakemake(study)
     assert planned_jobs(study) == {}
 
@@ -268,6 +280,13 @@ def test_unknown_config_key_fails_at_parse_time(tmp_path, mirror):
     result = snakemake(tmp_path, "--dry-run", check=False)
     assert result.returncode != 0
     assert "unknown config key metrics.spectrum.centerd" in output(result)
+
+
+def test_finetune_models_must_be_model_keys(tmp_path, mirror):
+    write_config(tmp_path, mirror, **{"finetune.models": ["minilm", "mpnett"]})
+    result = snakemake(tmp_path, "--dry-run", check=False)
+    assert result.returncode != 0
+    assert "config key finetune.models: 'mpnett' not in the models section" in output(result)
 
 
 def test_missing_mirror_file_fails_before_any_job(tmp_path, mirror):

@@ -54,6 +54,20 @@ def _gpu_lease(args):
     return lease_gpu(1)
 
 
+def _expected(args, corpus: str | None = None) -> dict | None:
+    """What the dump or sentence files a stage reads must have been written for (``--expect-model``)."""
+    if not getattr(args, "expect_model", None):
+        return None
+    from tokenuni.sources import expected_provenance
+
+    return expected_provenance(args.expect_model, corpus)
+
+
+def _add_expect_model(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--expect-model", type=_json, default=None,
+                        help="the model's config entry (as embed got it): stop unless the input was written for it")
+
+
 def _set_threads(threads: int | None) -> None:
     if threads:
         import torch
@@ -95,6 +109,7 @@ def cmd_embed(args) -> None:
     from tokenuni.embed import embed_corpus
     from tokenuni.metrics.suite import Suite
     from tokenuni.statistics import LayerMoments, moments_path, save_statistics
+    from tokenuni.store import PROVENANCE_KEYS
 
     if (args.out is None) == (args.stats is None):
         raise SystemExit("tokenuni embed: give --out DUMP (a dump and its moments) or --stats FILE --plan JSON (no dump)")
@@ -113,7 +128,8 @@ def cmd_embed(args) -> None:
         summary = embed_corpus(args.corpus, args.model, args.out, corpus_name=args.corpus_name, device=str(device),
                                progress=not args.no_progress, consumer=consumer)
         if args.stats is None:
-            made["sink"].save(moments_path(args.out), {"rows": summary["tokens"], "dump": str(args.out)})
+            provenance = {key: made["metadata"][key] for key in PROVENANCE_KEYS if key in made["metadata"]}
+            made["sink"].save(moments_path(args.out), {"rows": summary["tokens"], "dump": str(args.out), **provenance})
         else:
             statistics = made["sink"].statistics()
             save_statistics(statistics, args.stats)
@@ -138,7 +154,7 @@ def cmd_stats(args) -> None:
     with _job_run(args, {"plan": args.plan}) as run:
         started = time.perf_counter()
         statistics = collect_statistics(args.dump, args.plan, device=device, progress=not args.no_progress,
-                                        model=args.model, corpus=args.corpus)
+                                        model=args.model, corpus=args.corpus, expected=_expected(args, args.corpus))
         save_statistics(statistics, args.out)
         seconds = time.perf_counter() - started
         if run:
@@ -167,10 +183,11 @@ def cmd_metric(args) -> None:
             from tokenuni.statistics import load_statistics
 
             table = derive_metric(load_statistics(args.stats), args.name, args.options, model=args.model,
-                                  corpus=args.corpus, device=device)
+                                  corpus=args.corpus, device=device, expected=_expected(args, args.corpus),
+                                  path=args.stats)
         else:
             table = compute_metric(args.dump, args.name, args.options, model=args.model, corpus=args.corpus,
-                                   device=device, progress=not args.no_progress)
+                                   device=device, progress=not args.no_progress, expected=_expected(args, args.corpus))
         write_table(table, args.out)
         if run:
             run.set_tags({"tokenuni.device": str(device)})
@@ -204,7 +221,7 @@ def cmd_projection(args) -> None:
     options = projection_options(args.options, args.clusters_table)
     with _job_run(args, {"projection": args.options}) as run:
         table = token_projection(args.dump, model=args.model, corpus=args.corpus, device=device,
-                                 progress=not args.no_progress, **options)
+                                 progress=not args.no_progress, expected=_expected(args, args.corpus), **options)
         write_table(table, args.out)
         if run:
             run.set_tags({"tokenuni.device": str(device)})
@@ -331,7 +348,7 @@ def cmd_sts(args) -> None:
         scores, geometry = evaluate_transform(files, datasets, model=args.model, pooling=args.pooling,
                                               transform_name=args.transform_name, transform_spec=args.transform,
                                               geometry_metrics=geometry_metrics, fitted_dir=args.fitted_dir,
-                                              device=device)
+                                              device=device, expected=_expected(args))
         write_table(scores, args.scores)
         write_table(geometry, args.geometry)
         if run:
@@ -492,10 +509,7 @@ def cmd_tiny_models(args) -> None:
     from tokenuni.config import data_mirror
     from tokenuni.tiny_models import build_tiny_models, training_texts
 
-    mirror = args.mirror or data_mirror({})
-    if not mirror:
-        raise ValueError("tiny-models trains its tokenizers on WikiText-2 from the data mirror: set TOKENUNI_DATA "
-                         "or pass --mirror")
+    mirror = args.mirror or data_mirror({})  # training_texts says how to set it when there is none
     built = build_tiny_models(args.out, training_texts(mirror), args.families.split(","), seed=args.seed)
     for family, path in built.items():
         print(f"{family}: {path}")
@@ -539,6 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None)
+    _add_expect_model(p)
     _add_job_arguments(p)
     p.set_defaults(func=cmd_stats)
 
@@ -552,6 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None)
+    _add_expect_model(p)
     _add_job_arguments(p)
     p.set_defaults(func=cmd_metric)
 
@@ -567,6 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None)
+    _add_expect_model(p)
     _add_job_arguments(p)
     p.set_defaults(func=cmd_projection)
 
@@ -636,6 +653,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fitted-dir", type=Path, default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None)
+    _add_expect_model(p)
     _add_job_arguments(p)
     p.set_defaults(func=cmd_sts)
 

@@ -222,6 +222,12 @@ def config_problems(config: dict) -> list[str]:
         if baseline not in variants:
             problems.append(f"config key finetune.baseline: {baseline!r} is not among finetune.variants "
                             f"({', '.join(variants)}); every variant is compared with the baseline on the same seeds")
+        models = config.get("models") or {}
+        unknown = [name for name in finetune.get("models") or [] if name not in models
+                   and name.split("@step")[0] not in models]
+        if unknown:
+            problems.append(f"config key finetune.models: {', '.join(map(repr, unknown))} not in the models section "
+                            f"(known: {', '.join(models)}); a key with checkpoints stands for all of them")
     return problems
 
 

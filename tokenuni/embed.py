@@ -23,7 +23,14 @@ from tokenuni.devices import select_device
 from tokenuni.errors import TokenuniError
 from tokenuni.families import family_of, max_positions, prepare_tokenizer
 from tokenuni.files import library_versions
-from tokenuni.sources import ModelSource, SourceError, how_to_provide, require_safe_weights, resolve_model
+from tokenuni.sources import (
+    ModelSource,
+    SourceError,
+    how_to_provide,
+    model_fingerprint,
+    require_safe_weights,
+    resolve_model,
+)
 from tokenuni.store import DUMP_PRECISIONS, DumpError, DumpWriter
 
 if TYPE_CHECKING:
@@ -321,6 +328,7 @@ def embed_corpus(corpus_path, model_spec: dict, out_path=None, *, corpus_name: s
         "model_id": model_spec["id"],
         "revision": model_spec.get("revision") or "",
         "model_source": source.describe(),
+        "model_fingerprint": model_spec.get("fingerprint") or model_fingerprint(model_spec),
         "corpus": corpus_name or str(corpus_path),
         "corpus_digest": (corpus.schema.metadata or {}).get(b"tokenuni.digest", b"").decode(),
         "max_length": str(max_length),

@@ -130,7 +130,8 @@ def _clusters_per_layer(clusters, layers: list[int], path) -> dict[int, int]:
 def token_projection(dump_path, *, layers=None, sample_size: int = 5000, seed: int = 0, components: int = 3,
                      clusters: int | Mapping[int, int] | None = None, special_tokens: bool = False,
                      kmeans_options: Mapping | None = None, model: str | None = None, corpus: str | None = None,
-                     device="cpu", progress: bool = True, statistics_path=None) -> pd.DataFrame:
+                     device="cpu", progress: bool = True, statistics_path=None,
+                     expected: dict | None = None) -> pd.DataFrame:
     """Project a seeded token sample on each layer's top principal components (exact PCA over all tokens).
 
     ``dump_path``: a dump (one read: moments and the sample), the metrics suite's statistics file (``.npz``: no
@@ -140,13 +141,16 @@ def token_projection(dump_path, *, layers=None, sample_size: int = 5000, seed: i
     token_index`` (row in the dump), ``sentence_id, position, token_id, token, special, frequency,
     pc1 … pc<components>, explained_variance_ratio_pc1 …, n_tokens`` (tokens in the PCA), ``cluster,
     cluster_k`` (nullable; ``None`` when ``clusters`` is None), ``seed, sample_size``. ``model`` and
-    ``corpus`` default to the dump's metadata. See the module docstring for the formulas.
+    ``corpus`` default to the dump's metadata; ``expected``: what the dump or the statistics must have been written
+    for (:func:`tokenuni.store.check_provenance`, before anything is read or computed). See the module docstring
+    for the formulas.
     """
     import torch
 
     from tokenuni.statistics import (
         LayerMoments,
         StatisticsPass,
+        check_statistics_provenance,
         json_value,
         load_statistics,
         sample_for_layer,
@@ -166,14 +170,16 @@ def token_projection(dump_path, *, layers=None, sample_size: int = 5000, seed: i
     key = f"{int(seed)}_{token_set}"
     if isinstance(dump_path, dict):  # statistics already in memory
         statistics, path = dump_path, Path(statistics_path or "statistics")
+        check_statistics_provenance(path, statistics, expected)
     elif str(dump_path).endswith(".npz"):  # the metrics suite's statistics file (no dump needed)
         statistics, path = load_statistics(dump_path), Path(dump_path)
-    else:  # a dump: one read for the moments and the sample
+        check_statistics_provenance(path, statistics, expected)
+    else:  # a dump: one read for the moments and the sample (its metadata checked first)
         path = Path(dump_path)
         plan = {"samples": {key: int(sample_size)}}
         statistics = stream_dump(path, lambda n_layers, metadata, moments: StatisticsPass(
             plan, n_layers, metadata, moments=moments, device=device), device=device, progress=progress,
-            desc=f"projection {model or ''}/{corpus or ''}")
+            desc=f"projection {model or ''}/{corpus or ''}", expected=expected)
     if f"sample/{key}/size" not in statistics or int(statistics[f"sample/{key}/size"]) < int(sample_size):
         raise DumpError(f"{path}: holds no token sample of seed {seed} ({token_set} tokens) with {sample_size} tokens; "
                         "rerun its metrics pass with the projection's options")

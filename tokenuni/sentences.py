@@ -49,8 +49,8 @@ from tokenuni.embed import effective_max_length, forward_hidden_states, load_mod
 from tokenuni.errors import TokenuniError
 from tokenuni.files import atomic_path, library_versions
 from tokenuni.families import family_of, sentence_token_states
-from tokenuni.sources import resolve_model
-from tokenuni.store import LAYER_CONVENTION, META_PREFIX, vectors
+from tokenuni.sources import model_fingerprint, resolve_model
+from tokenuni.store import LAYER_CONVENTION, META_PREFIX, check_provenance, vectors
 
 log = logging.getLogger(__name__)
 
@@ -203,6 +203,7 @@ def embed_sentences(corpus_path, model_spec: dict, poolings: dict[str, dict], ou
         "model_id": model_spec["id"],
         "revision": model_spec.get("revision") or "",
         "model_source": source.describe(),
+        "model_fingerprint": model_spec.get("fingerprint") or model_fingerprint(model_spec),
         "training_step": "" if model_spec.get("training_step") is None else str(model_spec["training_step"]),
         "corpus": corpus_name or str(corpus_path),
         "corpus_digest": (corpus.schema.metadata or {}).get(b"tokenuni.digest", b"").decode(),
@@ -267,13 +268,22 @@ def _open(path) -> pa.Table:
 def sentences_metadata(path) -> dict[str, str]:
     """The ``tokenuni.*`` metadata of a sentence-embedding file, keys without the prefix, values as stored
     (``poolings`` and ``versions`` are JSON strings), like :func:`tokenuni.corpora.corpus_metadata`."""
-    raw = _open(path).schema.metadata
+    return _metadata(_open(path))
+
+
+def _metadata(table: pa.Table) -> dict[str, str]:
+    raw = table.schema.metadata or {}
     return {k.decode()[len(META_PREFIX):]: v.decode() for k, v in raw.items() if k.decode().startswith(META_PREFIX)}
 
 
-def read_sentences(path, pooling: str) -> tuple[pa.Table, np.ndarray]:
-    """The corpus columns and the (n, d) float64 vectors of ``pooling`` from a file of :func:`embed_sentences`."""
+def read_sentences(path, pooling: str, expected: dict | None = None) -> tuple[pa.Table, np.ndarray]:
+    """The corpus columns and the (n, d) float64 vectors of ``pooling`` from a file of :func:`embed_sentences`.
+
+    ``expected``: what the file must have been written for (model, weights, corpus, layers, hidden size),
+    checked first (:func:`tokenuni.store.check_provenance`).
+    """
     table = _open(path)
+    check_provenance(path, _metadata(table), expected, what="sentence-embedding file")
     column = pooling_column(pooling)
     if column not in table.column_names:
         available = [c[len(POOLING_PREFIX):] for c in table.column_names if c.startswith(POOLING_PREFIX)]

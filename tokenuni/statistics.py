@@ -14,7 +14,8 @@ stand on, below both (neither imports the other):
 * :func:`stream_dump` -- the one read of a dump (two when a consumer needs the moments first and the dump has no
   moments file), one float64 conversion per (batch, layer).
 * :func:`save_statistics` / :func:`load_statistics` -- one uncompressed ``.npz`` (no pickles): ``plan.json``,
-  ``metadata.json``, ``reads``, ``n_layers``, ``hidden_size``, ``moments/<set>/<layer>/*``,
+  ``metadata.json`` (the dump's metadata, or the embed stage's without a dump: the provenance that the jobs reading
+  the file check, :func:`check_statistics_provenance`), ``reads``, ``n_layers``, ``hidden_size``, ``moments/<set>/<layer>/*``,
   ``sample/<seed>_<set>/*`` (vectors as float32: dump values are float32, bfloat16 or float16, all exact in
   float32); the suite adds ``state/<metric>/<layer>/*`` and ``rows/<metric>.json``.
 """
@@ -320,24 +321,33 @@ def index_tensors(batch, device) -> dict:
             "token": np.asarray(batch.column("token").to_numpy(zero_copy_only=False), dtype=str)}
 
 
-def stream_dump(dump_path, statistics_pass, *, device="cpu", progress: bool = True, desc: str = "") -> dict:
+def stream_dump(dump_path, statistics_pass, *, device="cpu", progress: bool = True, desc: str = "",
+                expected: dict | None = None) -> dict:
     """Stream a dump into ``statistics_pass(n_layers, metadata, moments)`` (a :class:`StatisticsPass` factory) once,
     or twice when it needs the moments first and the dump has no moments file; returns its :meth:`statistics`.
-    A moments file that does not describe this dump (other row or layer count) is ignored with a warning."""
+
+    ``expected``: what the dump must have been written for (:func:`tokenuni.sources.expected_provenance`), checked
+    before the read (:func:`tokenuni.store.check_provenance`). The statistics carry the dump's metadata, provenance
+    included, for the jobs that read them (:func:`check_statistics_provenance`). A moments file that does not
+    describe this dump (other row or layer count, or written for another model or corpus) is ignored with a
+    warning: the moments are then accumulated in the read."""
     from tqdm.auto import tqdm
 
-    from tokenuni.store import layer_column, open_dump, vector_tensor
+    from tokenuni.store import PROVENANCE_KEYS, check_provenance, layer_column, open_dump, vector_tensor
 
     dump = open_dump(dump_path)
     metadata = dump.metadata
+    check_provenance(dump_path, metadata, expected)
     moments = None
     sidecar = moments_path(dump_path)
     if sidecar.exists():
         moments, moments_meta = LayerMoments.load(sidecar, device)
         rows = int(metadata.get("tokens") or dump.num_rows)
-        if moments.n_layers != dump.n_layers or int(moments_meta.get("rows", -1)) != rows:
-            log.warning("%s does not describe %s (%s layers / %s rows, dump %d / %d): accumulating the moments in the "
-                        "read", sidecar, dump_path, moments.n_layers, moments_meta.get("rows"), dump.n_layers, rows)
+        foreign = [key for key in PROVENANCE_KEYS if key in moments_meta and moments_meta[key] != metadata.get(key)]
+        if moments.n_layers != dump.n_layers or int(moments_meta.get("rows", -1)) != rows or foreign:
+            log.warning("%s does not describe %s (%s layers / %s rows, dump %d / %d%s): accumulating the moments in "
+                        "the read", sidecar, dump_path, moments.n_layers, moments_meta.get("rows"), dump.n_layers, rows,
+                        "; other " + ", ".join(foreign) if foreign else "")
             moments = None
     consumer = statistics_pass(dump.n_layers, metadata, moments)
     for read in range(consumer.reads):
@@ -396,6 +406,16 @@ def load_statistics(path) -> dict:
     if "plan.json" not in state:
         raise StatisticsError(f"{path} is not a tokenuni statistics file (no plan); rerun its metrics pass")
     return state
+
+
+def check_statistics_provenance(path, statistics: dict, expected: dict | None) -> None:
+    """Stop unless the statistics at ``path`` were computed for what the job expects (model id, revision,
+    fingerprint of the weights, corpus, layer count, hidden size: :func:`tokenuni.store.check_provenance`). They
+    carry the metadata of the dump they were computed from, or of the embed stage that fed them (no dump)."""
+    from tokenuni.store import check_provenance
+
+    if expected:
+        check_provenance(path, json_value(statistics["metadata.json"]), expected, what="statistics file")
 
 
 def statistics_size(statistics: dict) -> int:

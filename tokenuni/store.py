@@ -290,3 +290,33 @@ def validate_dump(path: str | Path) -> dict:
     if "tokens" in meta and int(meta["tokens"]) != len(sentence):
         raise DumpError(f"dump {path}: metadata says {meta['tokens']} tokens, file has {len(sentence)} rows")
     return {"rows": len(sentence), "sentences": len(starts), "layers": dump.n_layers, "hidden_size": dump.hidden_size}
+
+
+class ProvenanceError(TokenuniError, ValueError):
+    """A dump or sentence file written for another model, model version or corpus than the job expects."""
+
+
+#: metadata keys a dump or sentence file must agree on with the job that reads it
+PROVENANCE_KEYS = ("model_id", "revision", "model_fingerprint", "corpus", "n_layers", "hidden_size")
+
+
+def check_provenance(path: str | Path, metadata: dict[str, str], expected: dict[str, str] | None,
+                     what: str = "dump") -> None:
+    """Stop when the file at ``path`` was not written for what the job expects.
+
+    ``metadata``: the file's ``tokenuni.*`` metadata; ``expected``: what the job processes
+    (:func:`tokenuni.sources.expected_provenance`: model id, revision, fingerprint of the weights, corpus
+    key, layer count, hidden size). Keys the job leaves empty are not compared; a file that lacks a key
+    the job expects (written before it was recorded) does not match. The message names both sides and
+    the fix: delete the file and rerun, so that the stage that writes it runs again.
+    """
+    if not expected:
+        return
+    keys = [key for key in PROVENANCE_KEYS if str(expected.get(key) or "")]
+    wrong = [key for key in keys if str(metadata.get(key) or "") != str(expected[key])]
+    if wrong:
+        holds = "; ".join(f"{key} {metadata.get(key) or '(none)'}" for key in wrong)
+        wants = "; ".join(f"{key} {expected[key]}" for key in wrong)
+        raise ProvenanceError(f"{what} {path} was written for something else than this job reads: it holds {holds}, "
+                              f"but the job expects {wants}. Delete {path} and rerun (the step that writes it runs "
+                              "again)")

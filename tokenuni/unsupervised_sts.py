@@ -44,10 +44,19 @@ def _pooling_layers(path: Path, pooling: str) -> str:
     return "+".join(str(layer) for layer in layers)
 
 
+def _for_corpus(expected: dict | None, corpus: str) -> dict | None:
+    return None if expected is None else {**expected, "corpus": corpus}
+
+
 def evaluate_transform(sentence_files: dict[str, Path], datasets: list[str], *, model: str, pooling: str,
                        transform_name: str, transform_spec: dict, geometry_metrics: list[str],
-                       fitted_dir: Path | None = None, device="cpu") -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Fit (per dataset or once), apply, correlate; returns the tidy score and geometry tables."""
+                       fitted_dir: Path | None = None, device="cpu", expected: dict | None = None
+                       ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Fit (per dataset or once), apply, correlate; returns the tidy score and geometry tables.
+
+    ``expected``: the model every sentence file must have been written for
+    (:func:`tokenuni.sources.expected_provenance`); each file's corpus must be its key.
+    """
     from tokenuni.metrics import metric_on_matrix
     from tokenuni.sentences import read_sentences, sentences_metadata
     from tokenuni.sts import STSError, check_pair_count, pair_cosines, sts_correlations, sts_dataset_key
@@ -60,7 +69,7 @@ def evaluate_transform(sentence_files: dict[str, Path], datasets: list[str], *, 
         raise STSError(f"transform {transform_name}: no sentence embeddings for {', '.join(missing)}")
     shared = None
     if fit_on != "pool":
-        _, fit_vectors = read_sentences(sentence_files[fit_on], pooling)
+        _, fit_vectors = read_sentences(sentence_files[fit_on], pooling, _for_corpus(expected, fit_on))
         shared = make_transform(kind, params, device).fit(fit_vectors)
         shared.fitted_on = f"corpus:{fit_on}"
         log.info("%s fit on %s (%d sentences)", transform_name, fit_on, len(fit_vectors))
@@ -68,7 +77,7 @@ def evaluate_transform(sentence_files: dict[str, Path], datasets: list[str], *, 
     scores, geometry = [], []
     warned: set[str] = set()
     for dataset in datasets:
-        table, vectors = read_sentences(sentence_files[dataset], pooling)
+        table, vectors = read_sentences(sentence_files[dataset], pooling, _for_corpus(expected, dataset))
         transform = shared
         if transform is None:
             transform = make_transform(kind, params, device).fit(vectors)

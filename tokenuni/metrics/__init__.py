@@ -56,13 +56,18 @@ def make_metric(name: str | type[Metric], options: dict, device) -> Metric:
 
 
 def compute_metric(dump_path, name: str | type[Metric], options: dict, *, model: str, corpus: str,
-                   device="cpu", progress: bool = True) -> pd.DataFrame:
-    """Stream the dump (once per pass the metric needs) and return its tidy table for every layer."""
+                   device="cpu", progress: bool = True, expected: dict | None = None) -> pd.DataFrame:
+    """Stream the dump (once per pass the metric needs) and return its tidy table for every layer.
+
+    ``expected``: what the dump must have been written for (:func:`tokenuni.sources.expected_provenance`),
+    checked before anything is computed (:func:`tokenuni.store.check_provenance`).
+    """
     from tqdm.auto import tqdm
 
-    from tokenuni.store import layer_column, open_dump, vector_tensor
+    from tokenuni.store import check_provenance, layer_column, open_dump, vector_tensor
 
     dump = open_dump(dump_path)
+    check_provenance(dump.path, dump.metadata, expected)
     new_job_warnings()  # an option lowered for every layer is said once per job
     layers = list(range(dump.n_layers))
     accumulators = {layer: make_metric(name, options, device).bind(layer, dump.metadata) for layer in layers}

@@ -48,6 +48,7 @@ from tokenuni.statistics import (
     LayerMoments,
     StatisticsError,
     StatisticsPass,
+    check_statistics_provenance,
     json_array,
     json_value,
     sample_for_layer,
@@ -176,20 +177,29 @@ def _attach(metric: Metric, state: dict, moments: LayerMoments, layer: int, hidd
 
 
 def collect_statistics(dump_path, plan: dict, *, device="cpu", progress: bool = True, model: str = "",
-                       corpus: str = "") -> dict:
+                       corpus: str = "", expected: dict | None = None) -> dict:
     """The suite's statistics of a dump: one read with the dump's moments file, else two when a metric needs the
-    moments first (see :func:`tokenuni.statistics.stream_dump`)."""
+    moments first (see :func:`tokenuni.statistics.stream_dump`). ``expected``: what the dump must have been
+    written for (:func:`tokenuni.sources.expected_provenance`), checked before the read; the statistics carry the
+    dump's metadata, so that the jobs reading them check it in turn."""
     return stream_dump(dump_path, lambda n_layers, metadata, moments: Suite(plan, n_layers, metadata, moments=moments,
                                                                             device=device),
-                       device=device, progress=progress, desc=f"metrics {model}/{corpus}")
+                       device=device, progress=progress, desc=f"metrics {model}/{corpus}", expected=expected)
 
 
 # -- derivations ---------------------------------------------------------------------------------------
 
-def derive_metric(statistics: dict, name: str, options: dict, *, model: str, corpus: str, device="cpu") -> pd.DataFrame:
-    """Metric ``name``'s tidy table (every layer) from the statistics, with ``options`` (its full options)."""
+def derive_metric(statistics: dict, name: str, options: dict, *, model: str, corpus: str, device="cpu",
+                  expected: dict | None = None, path="statistics") -> pd.DataFrame:
+    """Metric ``name``'s tidy table (every layer) from the statistics, with ``options`` (its full options).
+
+    ``expected``: what the statistics must have been computed for (:func:`tokenuni.sources.expected_provenance`),
+    checked first against their metadata (:func:`tokenuni.statistics.check_statistics_provenance`); ``path``: the
+    statistics file, for the message.
+    """
     from tokenuni.metrics import TIDY_COLUMNS, make_metric, normalise_tidy
 
+    check_statistics_provenance(path, statistics, expected)
     new_job_warnings()  # an option lowered for every layer (k_max, sample_size) is said once per job
     plan = json_value(statistics["plan.json"])
     expected = pass_options(name, options)

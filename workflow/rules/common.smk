@@ -11,7 +11,7 @@ from tokenuni.config import ConfigError, data_mirror, enabled_metrics, load_yaml
 from tokenuni.gpu_lease import gpu_devices
 from tokenuni.metrics import METRICS
 from tokenuni.metrics.suite import pass_plan
-from tokenuni.sources import mirror_files, corpus_uses_mirror
+from tokenuni.sources import mirror_files, corpus_uses_mirror, model_fingerprint
 from tokenuni.tracking import resolve_tracking_uri, sqlite_store, store_problem
 
 try:
@@ -28,6 +28,15 @@ RESOURCES = config["resources"]
 MIRROR = os.path.realpath(data_mirror(config)) if data_mirror(config) else None
 MODEL_SPECS = model_specs(config)  # checkpoints expanded: "<key>@step<step>"
 MODELS = list(MODEL_SPECS)
+# The model is an input. Each model's config entry plus its fingerprint (weight package versions, the pinned
+# revision, or the SHA-256 of a local `path:` folder's files: tokenuni.sources.model_fingerprint) is the
+# `model` param of every rule that runs it (embed, embed_without_dump, sentence_embed, finetune) or reads what
+# it wrote (stats reads the dump; metric and projection read the statistics, which carry the dump's metadata;
+# sts reads sentence files: each checks the file's metadata against it), so new weights in the same folder rerun
+# all of them. A param rather than a manifest file as input: a manifest would need a rule that runs at every
+# invocation to notice a change, a param is evaluated while the DAG is built; the digest cache (keyed on
+# path, size, mtime_ns) keeps that to one stat per file when nothing changed.
+MODEL_JSON = {key: json.dumps({**spec, "fingerprint": model_fingerprint(spec)}) for key, spec in MODEL_SPECS.items()}
 CORPORA = list(config["corpora"])
 # corpora with per-layer token dumps and the metrics suite
 GEOMETRY_CORPORA = [name for name, spec in config["corpora"].items() if spec["geometry"]]
@@ -47,7 +56,12 @@ FT_TASKS = FINETUNE["tasks"] if FINETUNE else []
 FT_VARIANTS = list(FINETUNE["variants"]) if FINETUNE else []
 FT_SEEDS = [str(seed) for seed in FINETUNE["seeds"]] if FINETUNE else []
 # finetune keys that are not a job's settings (the grid, and the summary's statistics): changing them reruns no job
-FT_NOT_JOB_SETTINGS = ("tasks", "variants", "seeds", "enabled", "baseline", "bootstrap", "per_task")
+FT_NOT_JOB_SETTINGS = ("tasks", "variants", "seeds", "enabled", "baseline", "bootstrap", "per_task", "models")
+# finetune.models: config model keys (a key with checkpoints stands for all of them) or expanded keys; null = all
+_FT_NAMES = FINETUNE["models"] if FINETUNE and FINETUNE["models"] is not None else None
+FT_MODELS = (
+    [m for m in MODELS if _FT_NAMES is None or m in _FT_NAMES or m.split("@step")[0] in _FT_NAMES] if FINETUNE else []
+)
 METRIC_NAMES = enabled_metrics(config)
 # rows drawn as "<row>_by_layer" figures, each with the metric (job) that produces it
 BY_LAYER_FIGURES = {
@@ -180,7 +194,7 @@ def finetune_mirror_files(wildcards):
 def all_finetune_files(kind="summary.json"):
     return [
         f"{RESULTS}/finetune/{m}/{t}/{v}/seed{s}/{kind}"
-        for m in MODELS
+        for m in FT_MODELS
         for t in FT_TASKS
         for v in FT_VARIANTS
         for s in FT_SEEDS
@@ -201,7 +215,7 @@ def all_targets(report=True):
     targets += [png for png, _ in FIGURE_RUNS]  # workflow/rules/figures.smk
     if STS:
         targets += [f"{RESULTS}/tables/sts.parquet", f"{RESULTS}/tables/sts_summary.md"]
-    if FINETUNE:
+    if FT_MODELS:
         targets += [f"{RESULTS}/tables/finetune.parquet", f"{RESULTS}/tables/finetune_summary.md"]
     targets += PROJECTION_TARGETS  # workflow/rules/projection.smk
     if report:
@@ -224,12 +238,12 @@ def all_records():
         records += [f"{RESULTS}/runs/sts_table/sts_table.json"]
     records += [
         f"{RESULTS}/runs/finetune/{m}__{t}__{v}__{s}.json"
-        for m in MODELS
+        for m in FT_MODELS
         for t in FT_TASKS
         for v in FT_VARIANTS
         for s in FT_SEEDS
     ]
-    if FINETUNE:
+    if FT_MODELS:
         records += [f"{RESULTS}/runs/finetune_table/finetune_table.json"]
     if METRIC_NAMES and GEOMETRY_CORPORA:
         records += [f"{RESULTS}/runs/metrics_table/metrics_table.json"]

@@ -13,7 +13,7 @@ rule embed:
     wildcard_constraints:
         corpus=_choice(DUMP_CORPORA),
     params:
-        model=lambda wildcards: json.dumps(MODEL_SPECS[wildcards.model]),
+        model=lambda wildcards: MODEL_JSON[wildcards.model],
         job=job("embed"),
     threads: 4
     resources:
@@ -38,7 +38,7 @@ rule embed_without_dump:
     wildcard_constraints:
         corpus=_choice(STREAM_CORPORA),
     params:
-        model=lambda wildcards: json.dumps(MODEL_SPECS[wildcards.model]),
+        model=lambda wildcards: MODEL_JSON[wildcards.model],
         plan=lambda wildcards: json.dumps(suite_plan()),
         job=job("embed"),
     threads: 4

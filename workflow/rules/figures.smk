@@ -48,7 +48,7 @@ if STS:
     FIGURE_RUNS += [(f"{FIGURES}/sts/{p}/scores.png", f"{_RUNS}/figure_sts_scores/{p}.json") for p in STS_POOLINGS]
     FIGURE_RUNS += [(f"{FIGURES}/sts/{p}/geometry.png", f"{_RUNS}/figure_sts_geometry/{p}.json") for p in STS_POOLINGS]
     FIGURE_RUNS += [(f"{FIGURES}/sts/{m}/sts_table.png", f"{_RUNS}/figure_sts_table/{m}.json") for m in MODELS]
-if FINETUNE:
+if FT_MODELS:
     FIGURE_RUNS.append((f"{FIGURES}/finetune/scores.png", f"{_RUNS}/figure_finetune_scores/figure_finetune_scores.json"))
     FIGURE_RUNS.append(
         (f"{FIGURES}/finetune/isotropy_vs_score.png", f"{_RUNS}/figure_finetune_isotropy/figure_finetune_isotropy.json")

@@ -12,7 +12,7 @@ rule finetune:
         predictions=f"{RESULTS}/finetune/{{model}}/{{task}}/{{variant}}/seed{{seed}}/predictions.parquet",
         record=record("finetune", "model", "task", "variant", "seed"),
     params:
-        model=lambda wildcards: json.dumps(MODEL_SPECS[wildcards.model]),
+        model=lambda wildcards: MODEL_JSON[wildcards.model],
         variant=lambda wildcards: json.dumps(FINETUNE["variants"][wildcards.variant]),
         settings=finetune_settings,
         mirror=MIRROR or "",

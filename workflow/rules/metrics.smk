@@ -3,6 +3,8 @@
 # corpus, metric; one MLflow run each, as before) derives one tidy table from them without reading the dump.
 # The stats job's params are the pass options only (tokenuni.metrics.suite.pass_plan), so changing a derived
 # option (token_uniformity.min_tokens, spectrum.explained_variance_k, clusters.k_max ...) reruns one metric job.
+# Provenance is checked where a file is read (--expect-model, the model entry with its fingerprint): the stats job
+# checks the dump, the metric (and projection) jobs the statistics, which carry the dump's metadata.
 
 
 rule stats:
@@ -16,6 +18,7 @@ rule stats:
         corpus=_choice(DUMP_CORPORA),
     params:
         plan=lambda wildcards: json.dumps(suite_plan()),
+        model=lambda wildcards: MODEL_JSON[wildcards.model],
         job=job("stats"),
     threads: 2
     resources:
@@ -28,7 +31,7 @@ rule stats:
         f"{RESULTS}/logs/stats/{{model}}__{{corpus}}.log",
     shell:
         "python -m tokenuni stats --dump {input.dump:q} --plan {params.plan:q} --model {wildcards.model}"
-        " --corpus {wildcards.corpus} --out {output.stats:q} --threads {threads} --record {output.record:q}"
+        " --expect-model {params.model:q} --corpus {wildcards.corpus} --out {output.stats:q} --threads {threads} --record {output.record:q}"
         " --job {params.job:q} 2> {log:q}"
 
 
@@ -40,6 +43,7 @@ rule metric:
         record=record("metric", "model", "corpus", "metric"),
     params:
         options=lambda wildcards: json.dumps(config["metrics"][wildcards.metric]),
+        model=lambda wildcards: MODEL_JSON[wildcards.model],
         job=job("metric"),
     threads: 2
     resources:
@@ -52,7 +56,8 @@ rule metric:
         f"{RESULTS}/logs/metric/{{model}}__{{corpus}}__{{metric}}.log",
     shell:
         "python -m tokenuni metric {wildcards.metric} --stats {input.stats:q} --options {params.options:q}"
-        " --model {wildcards.model} --corpus {wildcards.corpus} --out {output.table:q} --threads {threads}"
+        " --model {wildcards.model} --expect-model {params.model:q} --corpus {wildcards.corpus} --out {output.table:q}"
+        " --threads {threads}"
         " --record {output.record:q} --job {params.job:q} 2> {log:q}"
 
 

@@ -44,6 +44,7 @@ rule projection:
         record=record("projection", "model", "corpus"),
     params:
         options=lambda wildcards: json.dumps(PROJECTION_OPTIONS),
+        model=lambda wildcards: MODEL_JSON[wildcards.model],
         clusters=lambda wildcards, input: " ".join(
             f"--clusters-table {shlex.quote(str(path))}" for path in ([input.clusters] if isinstance(input.clusters, str) else input.clusters)
         ),
@@ -59,7 +60,8 @@ rule projection:
         f"{RESULTS}/logs/projection/{{model}}__{{corpus}}.log",
     shell:
         "python -m tokenuni projection --dump {input.stats:q} --options {params.options:q} {params.clusters}"
-        " --model {wildcards.model} --corpus {wildcards.corpus} --out {output.table:q} --threads {threads}"
+        " --model {wildcards.model} --expect-model {params.model:q} --corpus {wildcards.corpus} --out {output.table:q}"
+        " --threads {threads}"
         " --record {output.record:q} --job {params.job:q} 2> {log:q}"
 
 

@@ -10,7 +10,7 @@ rule sentence_embed:
         sentences=sentences_file("{model}", "{corpus}"),
         record=record("sentence_embed", "model", "corpus"),
     params:
-        model=lambda wildcards: json.dumps(MODEL_SPECS[wildcards.model]),
+        model=lambda wildcards: MODEL_JSON[wildcards.model],
         poolings=json.dumps(STS["poolings"] if STS else {}),
         job=job("sentence_embed"),
     threads: 4
@@ -38,6 +38,7 @@ rule sts:
         record=record("sts", "model", "pooling", "transform"),
     params:
         transform=lambda wildcards: json.dumps(STS["transforms"][wildcards.transform]),
+        model=lambda wildcards: MODEL_JSON[wildcards.model],
         datasets=",".join(STS_DATASETS),
         geometry_metrics=",".join(STS["geometry_metrics"]) if STS else "",
         job=job("sts"),
@@ -51,7 +52,7 @@ rule sts:
     log:
         f"{RESULTS}/logs/sts/{{model}}__{{pooling}}__{{transform}}.log",
     shell:
-        "python -m tokenuni sts {input:q} --model {wildcards.model} --pooling {wildcards.pooling}"
+        "python -m tokenuni sts {input:q} --model {wildcards.model} --expect-model {params.model:q} --pooling {wildcards.pooling}"
         " --transform-name {wildcards.transform} --transform {params.transform:q} --datasets {params.datasets:q}"
         " --geometry-metrics {params.geometry_metrics:q} --scores {output.scores:q} --geometry {output.geometry:q}"
         " --fitted-dir {output.fitted:q} --threads {threads} --record {output.record:q} --job {params.job:q}"
