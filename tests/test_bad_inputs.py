@@ -20,16 +20,15 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
-
-from tokenuni.config import ConfigError, validate_config
-from tokenuni.corpora import CorpusError, corpus_metadata, examples_to_table, import_corpus, Example, write_corpus
-from tokenuni.sources import SourceError, check_sources
-from tokenuni.files import DiskFullError
-from tokenuni.store import INDEX_FIELDS, DumpError, DumpWriter, dump_schema, open_dump
-
 from conftest import REPO
 from test_config import default_config
 from test_store import index_for, write_dump
+
+from tokenuni.config import ConfigError, validate_config
+from tokenuni.corpora import CorpusError, Example, corpus_metadata, examples_to_table, import_corpus, write_corpus
+from tokenuni.files import DiskFullError
+from tokenuni.sources import SourceError, check_sources
+from tokenuni.store import INDEX_FIELDS, DumpError, DumpWriter, dump_schema, open_dump
 
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -98,7 +97,8 @@ def test_config_typo_names_the_key_and_suggests_the_close_one():
     assert str(error.value) == (
         "invalid configuration (1 problem(s)):\n"
         "  - unknown config key models.minilm.batch_sise; did you mean 'batch_size'? (allowed here: "
-        "allow_pickle_weights, batch_size, checkpoints, dtype, id, max_length, path, revision, trust_remote_code)")
+        "allow_pickle_weights, batch_size, checkpoints, dtype, dump_precision, id, max_length, path, revision, "
+        "trust_remote_code)")
 
 
 def test_config_wrong_type_names_the_dotted_key_and_the_type():

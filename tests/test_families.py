@@ -339,3 +339,23 @@ def test_family_problems_name_the_model_and_the_fix(tiny, mirror, tmp_path):
     assert "model 't5' (tiny/t5 at " in result.stderr  # the check names the folder it read
     assert "): model_type 't5' is an encoder-decoder model" in result.stderr
     assert "model 'bert'" not in result.stderr
+
+
+def test_tiny_models_without_a_mirror_is_a_user_error(tmp_path, monkeypatch, caplog):
+    """`tokenuni tiny-models` with no data mirror: a TokenuniError naming what to set (exit 1, no traceback),
+    and nothing built; an unknown family is refused before anything is built."""
+    from tokenuni.cli import main
+    from tokenuni.errors import TokenuniError
+    from tokenuni.tiny_models import TinyModelError, build_tiny_models, training_texts
+
+    monkeypatch.delenv("TOKENUNI_DATA", raising=False)
+    assert issubclass(TinyModelError, TokenuniError)
+    with pytest.raises(TinyModelError, match="none is set: set TOKENUNI_DATA to the mirror folder or pass --mirror"):
+        training_texts(None)
+    with pytest.raises(TinyModelError, match=r"wiki\.test\.raw not found: .* point TOKENUNI_DATA or --mirror"):
+        training_texts(tmp_path)
+    with pytest.raises(TinyModelError, match="no tiny model for family 'bart'; known: bert, albert"):
+        build_tiny_models(tmp_path / "models", ["a text"], ["bert", "bart"])
+    assert main(["tiny-models", "--out", str(tmp_path / "models")]) == 1
+    assert "none is set: set TOKENUNI_DATA" in caplog.text
+    assert not (tmp_path / "models").exists()

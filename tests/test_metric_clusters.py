@@ -240,6 +240,9 @@ def test_one_sentence_and_tiny_inputs():
     assert rows[("mms_k", "", None)].n == 6
     assert set(run(x[:3], sentence_ids=np.zeros(3, dtype=np.int64))) >= {("mms_k", "", None), ("silhouette", "", 2)}
     assert run(x[:1], sentence_ids=np.zeros(1, dtype=np.int64)) == {}
+    two = run(x[:2], sentence_ids=np.zeros(2, dtype=np.int64))  # k_max lowered to 1, below k_min: no k-means at all
+    assert two[("clusters_k_max", "", None)].value == 1 and two[("mms_k", "", None)].value == 1
+    assert not any(key[0] in ("silhouette", "kmeans_inertia") for key in two)
 
 
 def test_batching_invariance_and_bounded_memory():

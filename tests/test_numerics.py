@@ -17,10 +17,14 @@ from tokenuni.numerics import (
     constant_up_to_rounding,
     descending_eigh,
     kmeans,
+    kmeans_plusplus,
+    kmeans_runs,
     pearson,
+    seeded_generator,
     skewness,
     skewness_rows,
     spearman,
+    squared_distances,
     token_hash,
 )
 
@@ -257,3 +261,67 @@ def test_undefined_correlations_are_nan_without_warnings(x, y, recwarn):
 def test_correlations_of_different_lengths_are_an_error():
     with pytest.raises(ValueError, match="3 values with 2"):
         pearson([1, 2, 3], [1, 2])
+
+
+# -- k-means: the batched runs equal the one-run-at-a-time algorithm ---------------------------------------------
+
+def _reference_lloyd(x, centers, x_sq, max_iter, tol):
+    """The one-run Lloyd loop kmeans() used before kmeans_runs batched it (thin products, index_add_ sums)."""
+
+    k = centers.shape[0]
+    labels = None
+    for _ in range(max_iter):
+        distances = squared_distances(x, centers, x_sq)
+        new_labels = torch.argmin(distances, dim=1)
+        counts = torch.bincount(new_labels, minlength=k)
+        empty = torch.nonzero(counts == 0).flatten()
+        if len(empty):  # re-seed emptied clusters with the points farthest from their centres
+            own = distances.gather(1, new_labels[:, None])[:, 0]
+            far = torch.topk(own, min(len(empty), x.shape[0])).indices
+            new_labels = new_labels.clone()
+            new_labels[far] = empty[:len(far)]
+            counts = torch.bincount(new_labels, minlength=k)
+        sums = torch.zeros_like(centers).index_add_(0, new_labels, x)
+        new_centers = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None].to(x.dtype), centers)
+        shift = float(((new_centers - centers) ** 2).sum())
+        centers = new_centers
+        converged = labels is not None and bool(torch.equal(labels, new_labels))
+        labels = new_labels
+        if converged or shift <= tol:
+            break
+    distances = squared_distances(x, centers, x_sq)
+    labels = torch.argmin(distances, dim=1)
+    inertia = float(distances.gather(1, labels[:, None]).sum())
+    return labels, centers, inertia
+
+
+
+
+def _reference_kmeans(x, k, n_init, seed, key):
+    x = x.to(dtype=torch.float64)
+    mean = x.mean(dim=0)
+    centred = x - mean
+    x_sq = (centred * centred).sum(dim=1)
+    tol = 1e-4 * float(centred.var(dim=0, unbiased=False).mean())
+    best = None
+    for restart in range(n_init):
+        centers = kmeans_plusplus(centred, k, seeded_generator(seed, *key, k, restart), x_sq)
+        labels, centers, inertia = _reference_lloyd(centred, centers, x_sq, 300, tol)
+        if best is None or inertia < best[2] * (1 - 1e-12):
+            best = (labels, centers, inertia)
+    return best[0], best[1] + mean, best[2]
+
+
+def test_batched_kmeans_runs_equal_one_run_at_a_time():
+    rng = np.random.default_rng(11)
+    centres = rng.standard_normal((5, 24)) * 4
+    x = centres[rng.integers(0, 5, 700)] + rng.standard_normal((700, 24))
+    x[:40] = x[40:80]  # exact duplicates, as in an embedding layer
+    x = torch.from_numpy(x)
+    runs = [((r,), k) for r in range(2) for k in (2, 3, 5, 8)]
+    batched = kmeans_runs(x, runs, n_init=3, seed=7)
+    for key, k in runs:
+        labels, found, inertia = _reference_kmeans(x, k, 3, 7, key)
+        assert torch.equal(batched[key, k][0], labels), (key, k)
+        assert batched[key, k][2] == pytest.approx(inertia, rel=1e-12)
+        torch.testing.assert_close(batched[key, k][1], found, rtol=1e-12, atol=1e-12)

@@ -115,5 +115,8 @@ def test_paper_yaml_dry_runs_without_its_hub_models(tmp_path):
     counts = planned(tmp_path, REPO / "config" / "paper.yaml")
     paper = load_config(REPO / "config" / "paper.yaml")
     geometry = [name for name, corpus in paper["corpora"].items() if corpus["geometry"]]
-    assert counts["embed"] == 5 * len(geometry)
+    streamed = [name for name in geometry if not paper["corpora"][name]["dump"]]  # WikiText-103: no dump
+    assert streamed and counts["embed_without_dump"] == 5 * len(streamed)
+    assert counts["embed"] == counts["stats"] == 5 * (len(geometry) - len(streamed))  # one read per dump
+    assert counts["metric"] == 5 * len(geometry) * len(enabled_metrics(paper))
     assert counts["finetune"] == 5 * len(paper["finetune"]["tasks"]) * len(paper["finetune"]["variants"]) * 3

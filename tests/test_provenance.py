@@ -2,8 +2,8 @@
 
 Unit tests of the fingerprint (digest cache included) and of :func:`tokenuni.store.check_provenance` in the
 stages that read dumps and sentence files; then the workflow with two tiny random-init BERTs given by
-``path:`` (replacing the weights in a folder reruns its embed; one model's dump copied over another's
-stops the metric job with the message).
+``path:`` (replacing the weights in a folder reruns its embed; one model's statistics copied over another's
+stop the metric job, one model's dump copied over another's stops the stats job, each with the message).
 """
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
 from conftest import MINILM
+
 from tokenuni.store import ProvenanceError, check_provenance
 
 
@@ -106,6 +106,61 @@ def test_metric_and_projection_check_the_dump(minilm_dump):
         token_projection(minilm_dump, sample_size=10, expected=other)
 
 
+def test_the_statistics_carry_the_provenance_and_their_readers_check_it(minilm_dump, stsb_corpus, tmp_path):
+    """The one-pass suite: the stats job checks the dump; the statistics file carries the dump's provenance (or,
+    without a dump, the embed stage's), and the metric and projection jobs check it."""
+    from tokenuni.embed import embed_corpus
+    from tokenuni.metrics.suite import Suite, collect_statistics, derive_metric, pass_plan
+    from tokenuni.projection import token_projection
+    from tokenuni.sources import expected_provenance
+    from tokenuni.statistics import json_value, load_statistics, save_statistics
+
+    expected = expected_provenance(MINILM, "stsb-test")
+    plan = pass_plan({"token_uniformity": {}}, {"sample_size": 10})
+    mpnet = {**expected, "model_id": "sentence-transformers/all-mpnet-base-v2", "n_layers": "13",
+             "hidden_size": "768"}
+    with pytest.raises(ProvenanceError, match=r"dump .*minilm\.arrow was written for something else than this job "
+                                              r"reads: it holds model_id sentence-transformers/all-MiniLM-L6-v2; "
+                                              r"n_layers 7; hidden_size 384, but the job expects model_id "
+                                              r"sentence-transformers/all-mpnet-base-v2; n_layers 13; hidden_size 768"):
+        collect_statistics(minilm_dump, plan, progress=False, expected=mpnet)
+    statistics = collect_statistics(minilm_dump, plan, progress=False, expected=expected)
+    path = tmp_path / "stats" / "minilm" / "stsb-test.npz"
+    save_statistics(statistics, path)
+    loaded = load_statistics(path)
+    written = json_value(loaded["metadata.json"])
+    assert {key: written[key] for key in expected} == expected  # model, revision, fingerprint, corpus, shape
+
+    assert len(derive_metric(loaded, "token_uniformity", {}, model="minilm", corpus="stsb-test", expected=expected,
+                             path=path))
+    message = (rf"statistics file {re.escape(str(path))} was written for something else than this job reads: it "
+               r"holds model_id sentence-transformers/all-MiniLM-L6-v2; n_layers 7; hidden_size 384, but the job "
+               r"expects model_id sentence-transformers/all-mpnet-base-v2; n_layers 13; hidden_size 768\. "
+               rf"Delete {re.escape(str(path))} and rerun")
+    with pytest.raises(ProvenanceError, match=message):
+        derive_metric(loaded, "token_uniformity", {}, model="mpnet", corpus="stsb-test", expected=mpnet, path=path)
+    assert len(token_projection(path, sample_size=10, expected=expected, progress=False))
+    with pytest.raises(ProvenanceError, match=message):
+        token_projection(path, sample_size=10, expected=mpnet, progress=False)
+
+    # no dump (embed_without_dump): the embed stage writes the same provenance into the statistics
+    spec = {"id": "tiny/bert", "path": str(save_tiny_bert(tmp_path / "tiny", seed=0)), "batch_size": 16}
+    made = {}
+
+    def suite(n_layers, hidden_size, metadata):
+        made["suite"] = Suite(plan, n_layers, metadata)
+        return made["suite"]
+
+    embed_corpus(stsb_corpus, spec, None, corpus_name="stsb-test", device="cpu", progress=False, consumer=suite)
+    streamed = made["suite"].statistics()
+    tiny = expected_provenance(spec, "stsb-test")
+    assert (tiny["n_layers"], tiny["hidden_size"]) == ("3", "32") and tiny["model_fingerprint"].startswith("path ")
+    derive_metric(streamed, "token_uniformity", {}, model="tiny", corpus="stsb-test", expected=tiny)
+    with pytest.raises(ProvenanceError, match=r"holds model_id tiny/bert; .*n_layers 3; hidden_size 32, but the job "
+                                              r"expects model_id sentence-transformers/all-MiniLM-L6-v2; "):
+        derive_metric(streamed, "token_uniformity", {}, model="tiny", corpus="stsb-test", expected=expected)
+
+
 def test_sentence_files_are_checked_by_sts(stsb_corpus, tmp_path):
     from tokenuni.corpora import read_corpus
     from tokenuni.sentences import CORPUS_COLUMNS, read_sentences, write_sentences
@@ -176,16 +231,29 @@ def test_new_weights_rerun_the_model_and_a_foreign_dump_stops_the_job(mirror, tm
     assert planned(workdir, *targets) == {}
 
     save_tiny_bert(models["a"], seed=2)  # fine-tuned again into the same folder: new weights
-    assert planned(workdir, *targets) == {"embed": 1, "metric": 1}
+    assert planned(workdir, *targets) == {"embed": 1, "stats": 1, "metric": 1}
 
+    # The metric job reads the statistics (the stats job's one read of the dump): a's statistics copied over
+    # b's stop it, naming both models
     results = workdir / "results"
-    shutil.copy(results / "dumps" / "a" / "stsb-test.arrow", results / "dumps" / "b" / "stsb-test.arrow")
-    assert planned(workdir, targets[1]) == {"metric": 1}  # b's dump is newer than its table
+    both = (r"it holds model_id tiny/a; model_fingerprint path sha256:[0-9a-f]+; hidden_size 32, but the job expects "
+            r"model_id tiny/b; model_fingerprint path sha256:[0-9a-f]+; hidden_size 48\. ")
+    shutil.copy(results / "stats" / "a" / "stsb-test.npz", results / "stats" / "b" / "stsb-test.npz")
+    assert planned(workdir, targets[1]) == {"metric": 1}  # b's statistics are newer than its table
     result = snakemake(workdir, targets[1], check=False)
     assert result.returncode != 0, output(result)
     log = (results / "logs" / "metric" / "b__stsb-test__token_uniformity.log").read_text()
+    assert re.search(r"statistics file results/stats/b/stsb-test\.npz was written for something else than this job "
+                     r"reads: " + both + r"Delete results/stats/b/stsb-test\.npz and rerun", log), log[-2000:]
+    assert not (results / "metrics" / "b" / "stsb-test" / "token_uniformity.parquet").exists()
+
+    # The stats job reads the dump: a's dump copied over b's stops it, and nothing downstream runs
+    shutil.copy(results / "dumps" / "a" / "stsb-test.arrow", results / "dumps" / "b" / "stsb-test.arrow")
+    assert planned(workdir, targets[1]) == {"stats": 1, "metric": 1}  # b's dump is newer than its statistics
+    result = snakemake(workdir, targets[1], check=False)
+    assert result.returncode != 0, output(result)
+    log = (results / "logs" / "stats" / "b__stsb-test.log").read_text()
     assert re.search(r"dump results/dumps/b/stsb-test\.arrow was written for something else than this job reads: "
-                     r"it holds model_id tiny/a; model_fingerprint path sha256:[0-9a-f]+; hidden_size 32, but the "
-                     r"job expects model_id tiny/b; model_fingerprint path sha256:[0-9a-f]+; hidden_size 48\. "
-                     r"Delete results/dumps/b/stsb-test\.arrow and rerun", log), log[-2000:]
+                     + both + r"Delete results/dumps/b/stsb-test\.arrow and rerun", log), log[-2000:]
+    assert not (results / "stats" / "b" / "stsb-test.npz").exists()
     assert not (results / "metrics" / "b" / "stsb-test" / "token_uniformity.parquet").exists()

@@ -103,17 +103,67 @@ def cmd_corpus(args) -> None:
 
 
 def cmd_embed(args) -> None:
+    """With ``--out``: the dump and its moments (``<dump>.moments.npz``); with ``--stats`` (and ``--plan``) instead: no
+    dump, the embed stage feeds the metrics suite and writes its statistics (corpora larger than the disk)."""
+    from tokenuni.devices import select_device
     from tokenuni.embed import embed_corpus
+    from tokenuni.metrics.suite import Suite
+    from tokenuni.statistics import LayerMoments, moments_path, save_statistics
+    from tokenuni.store import PROVENANCE_KEYS
 
+    if (args.out is None) == (args.stats is None):
+        raise SystemExit("tokenuni embed: give --out DUMP (a dump and its moments) or --stats FILE --plan JSON (no dump)")
     _set_threads(args.threads)
-    with _job_run(args, {"model": args.model}) as run:
-        summary = embed_corpus(args.corpus, args.model, args.out, corpus_name=args.corpus_name,
-                               device=args.device, progress=not args.no_progress)
+    device = select_device(args.device)
+    made = {}
+
+    def consumer(n_layers, hidden_size, metadata):
+        made["sink"] = (LayerMoments(n_layers, device) if args.stats is None
+                        else Suite(args.plan, n_layers, metadata, device=device))
+        made["metadata"] = metadata
+        return made["sink"]
+
+    params = {"model": args.model} if args.stats is None else {"model": args.model, "plan": args.plan}
+    with _job_run(args, params) as run:
+        summary = embed_corpus(args.corpus, args.model, args.out, corpus_name=args.corpus_name, device=str(device),
+                               progress=not args.no_progress, consumer=consumer)
+        if args.stats is None:
+            provenance = {key: made["metadata"][key] for key in PROVENANCE_KEYS if key in made["metadata"]}
+            made["sink"].save(moments_path(args.out), {"rows": summary["tokens"], "dump": str(args.out), **provenance})
+        else:
+            statistics = made["sink"].statistics()
+            save_statistics(statistics, args.stats)
         if run:
             run.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
-            run.set_tags({"tokenuni.device": summary["device"], "tokenuni.model_source": summary["model_source"]})
+            run.set_tags({"tokenuni.device": summary["device"], "tokenuni.model_source": summary["model_source"],
+                          "tokenuni.dump_precision": summary["precision"]})
             run.log_input(args.corpus, context="corpus")
-            run.log_input(args.out, context="dump")
+            run.log_input(args.out if args.stats is None else args.stats, context="dump" if args.stats is None else "stats")
+
+
+def cmd_stats(args) -> None:
+    """The metrics suite's one read of a dump: every enabled metric's sufficient statistics (see metrics.suite)."""
+    import time
+
+    from tokenuni.devices import select_device
+    from tokenuni.metrics.suite import collect_statistics
+    from tokenuni.statistics import save_statistics, statistics_size
+
+    _set_threads(args.threads)
+    device = select_device(args.device)
+    with _job_run(args, {"plan": args.plan}) as run:
+        started = time.perf_counter()
+        statistics = collect_statistics(args.dump, args.plan, device=device, progress=not args.no_progress,
+                                        model=args.model, corpus=args.corpus, expected=_expected(args, args.corpus))
+        save_statistics(statistics, args.out)
+        seconds = time.perf_counter() - started
+        if run:
+            run.set_tags({"tokenuni.device": str(device)})
+            run.log_input(args.dump, context="dump")
+            run.log_metrics({"reads": int(statistics["reads"]), "seconds": round(seconds, 3),
+                             "statistics_bytes": statistics_size(statistics)})
+    log.info("statistics of %s/%s (%d read(s), %.1f s) -> %s", args.model, args.corpus, int(statistics["reads"]),
+             seconds, args.out)
 
 
 def cmd_metric(args) -> None:
@@ -125,13 +175,23 @@ def cmd_metric(args) -> None:
 
     _set_threads(args.threads)
     device = select_device(args.device)
+    if (args.dump is None) == (args.stats is None):
+        raise SystemExit("tokenuni metric: give --stats FILE (derive from the suite's statistics) or --dump FILE")
     with _job_run(args, {"metric": {args.name: args.options}}) as run:
-        table = compute_metric(args.dump, args.name, args.options, model=args.model, corpus=args.corpus,
-                               device=device, progress=not args.no_progress, expected=_expected(args, args.corpus))
+        if args.stats is not None:  # the one-pass suite: derive from its statistics (no read of the dump)
+            from tokenuni.metrics.suite import derive_metric
+            from tokenuni.statistics import load_statistics
+
+            table = derive_metric(load_statistics(args.stats), args.name, args.options, model=args.model,
+                                  corpus=args.corpus, device=device, expected=_expected(args, args.corpus),
+                                  path=args.stats)
+        else:
+            table = compute_metric(args.dump, args.name, args.options, model=args.model, corpus=args.corpus,
+                                   device=device, progress=not args.no_progress, expected=_expected(args, args.corpus))
         write_table(table, args.out)
         if run:
             run.set_tags({"tokenuni.device": str(device)})
-            run.log_input(args.dump, context="dump")
+            run.log_input(args.stats or args.dump, context="stats" if args.stats else "dump")
             scalars = table[table["component"].isna()]
             for row in scalars.itertuples():
                 key = row.metric + (f".{row.variant}" if row.variant else "")
@@ -165,7 +225,7 @@ def cmd_projection(args) -> None:
         write_table(table, args.out)
         if run:
             run.set_tags({"tokenuni.device": str(device)})
-            run.log_input(args.dump, context="dump")
+            run.log_input(args.dump, context="stats" if str(args.dump).endswith(".npz") else "dump")
             if args.clusters_table:
                 run.log_input(args.clusters_table, context="clusters")
             per_layer = table.drop_duplicates("layer")
@@ -449,10 +509,7 @@ def cmd_tiny_models(args) -> None:
     from tokenuni.config import data_mirror
     from tokenuni.tiny_models import build_tiny_models, training_texts
 
-    mirror = args.mirror or data_mirror({})
-    if not mirror:
-        raise ValueError("tiny-models trains its tokenizers on WikiText-2 from the data mirror: set TOKENUNI_DATA "
-                         "or pass --mirror")
+    mirror = args.mirror or data_mirror({})  # training_texts says how to set it when there is none
     built = build_tiny_models(args.out, training_texts(mirror), args.families.split(","), seed=args.seed)
     for family, path in built.items():
         print(f"{family}: {path}")
@@ -480,15 +537,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", type=Path, required=True)
     p.add_argument("--corpus-name", default="")
     p.add_argument("--model", type=_json, required=True, help="the model's config entry")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path, default=None, help="the dump (its moments go to <dump>.moments.npz)")
+    p.add_argument("--stats", type=Path, default=None, help="no dump: write the metrics suite's statistics here")
+    p.add_argument("--plan", type=_json, default=None, help="with --stats: the suite's plan (metrics.suite.pass_plan)")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None)
     _add_job_arguments(p)
     p.set_defaults(func=cmd_embed)
 
-    p = sub.add_parser("metric", help="compute one metric for every layer of a dump")
-    p.add_argument("name")
+    p = sub.add_parser("stats", help="one read of a dump: the statistics of every metric of the suite")
     p.add_argument("--dump", type=Path, required=True)
+    p.add_argument("--plan", type=_json, required=True, help="the suite's plan (metrics.suite.pass_plan)")
+    p.add_argument("--model", required=True, help="model key (for the log)")
+    p.add_argument("--corpus", required=True, help="corpus key (for the log)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=None)
+    _add_expect_model(p)
+    _add_job_arguments(p)
+    p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser("metric", help="compute one metric for every layer (from the suite's statistics, or a dump)")
+    p.add_argument("name")
+    p.add_argument("--stats", type=Path, default=None, help="the statistics of `tokenuni stats` (or embed --stats)")
+    p.add_argument("--dump", type=Path, default=None, help="or stream a dump for this one metric")
     p.add_argument("--options", type=_json, default={})
     p.add_argument("--model", required=True, help="model key (for the table)")
     p.add_argument("--corpus", required=True, help="corpus key (for the table)")
@@ -500,7 +572,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_metric)
 
     p = sub.add_parser("projection", help="project a seeded token sample on each layer's principal components")
-    p.add_argument("--dump", type=Path, required=True)
+    p.add_argument("--dump", type=Path, required=True,
+                   help="a dump (one read), or the metrics suite's statistics (.npz: no dump needed)")
     p.add_argument("--options", type=_json, default={},
                    help='{"layers": null, "sample_size": 5000, "seed": 0, "components": 3, "clusters": "mms"|k|null, ...}')
     p.add_argument("--clusters-table", type=Path, default=None,

@@ -40,8 +40,8 @@ import numpy as np
 import pandas as pd
 
 from tokenuni.errors import TokenuniError
-from tokenuni.numerics import MomentSums, ReservoirSample, descending_eigh, kmeans
-from tokenuni.store import DumpError, check_provenance, layer_column, open_dump, vector_tensor
+from tokenuni.numerics import descending_eigh, kmeans
+from tokenuni.store import DumpError
 
 
 class ProjectionError(TokenuniError, ValueError):
@@ -127,50 +127,36 @@ def _clusters_per_layer(clusters, layers: list[int], path) -> dict[int, int]:
     return ks
 
 
-def _sampled_rows(dump, sample_size: int, seed: int, special_tokens: bool, device):
-    """Dump rows of the seeded token sample, in the sample's (sentence_id, position) order.
-
-    The reservoir sees only the token index, so the sample costs no vector reads and equals the one a
-    metric with the same seed and size draws from any layer.
-    """
-    import torch
-
-    sample = ReservoirSample(sample_size, seed)
-    offset = 0
-    kept = 0
-    for batch in dump.batches(["sentence_id", "position", "special"]):
-        n = batch.num_rows
-        columns = {name: np.asarray(batch.column(name).to_numpy(zero_copy_only=False)) for name in batch.schema.names}
-        keep = np.ones(n, dtype=bool) if special_tokens else ~columns["special"].astype(bool)
-        if keep.any():
-            def tensor(values):
-                return torch.from_numpy(np.ascontiguousarray(values[keep], dtype=np.int64)).to(device)
-
-            sample.update(tensor(columns["sentence_id"]), tensor(columns["position"]),
-                          row=tensor(np.arange(offset, offset + n)))
-            kept += int(keep.sum())
-        offset += n
-    rows = sample.rows()
-    return (rows["row"].cpu().numpy() if rows else np.zeros(0, dtype=np.int64)), kept
-
-
 def token_projection(dump_path, *, layers=None, sample_size: int = 5000, seed: int = 0, components: int = 3,
                      clusters: int | Mapping[int, int] | None = None, special_tokens: bool = False,
                      kmeans_options: Mapping | None = None, model: str | None = None, corpus: str | None = None,
-                     device="cpu", progress: bool = True, expected: dict | None = None) -> pd.DataFrame:
+                     device="cpu", progress: bool = True, statistics_path=None,
+                     expected: dict | None = None) -> pd.DataFrame:
     """Project a seeded token sample on each layer's top principal components (exact PCA over all tokens).
+
+    ``dump_path``: a dump (one read: moments and the sample), the metrics suite's statistics file (``.npz``: no
+    dump needed, the moments and the shared sample it holds), or such statistics already loaded (a dict).
 
     Returns one row per (layer, sampled token) with columns ``model, training_step, corpus, layer,
     token_index`` (row in the dump), ``sentence_id, position, token_id, token, special, frequency,
     pc1 … pc<components>, explained_variance_ratio_pc1 …, n_tokens`` (tokens in the PCA), ``cluster,
     cluster_k`` (nullable; ``None`` when ``clusters`` is None), ``seed, sample_size``. ``model`` and
-    ``corpus`` default to the dump's metadata; ``expected``: what the dump must have been written for
-    (:func:`tokenuni.store.check_provenance`). See the module docstring for the formulas.
+    ``corpus`` default to the dump's metadata; ``expected``: what the dump or the statistics must have been written
+    for (:func:`tokenuni.store.check_provenance`, before anything is read or computed). See the module docstring
+    for the formulas.
     """
     import torch
-    from tqdm.auto import tqdm
 
-    path = Path(dump_path)
+    from tokenuni.statistics import (
+        LayerMoments,
+        StatisticsPass,
+        check_statistics_provenance,
+        json_value,
+        load_statistics,
+        sample_for_layer,
+        stream_dump,
+    )
+
     if int(sample_size) < 1:
         raise ProjectionError(f"projection: sample_size must be at least 1, got {sample_size}")
     if int(components) < 1:
@@ -180,70 +166,68 @@ def token_projection(dump_path, *, layers=None, sample_size: int = 5000, seed: i
     if unknown:
         raise ProjectionError(f"projection: unknown k-means option(s) {unknown}; known: {sorted(KMEANS_DEFAULTS)}")
     device = torch.device(device)
-    dump = open_dump(path)
-    meta = dump.metadata
-    check_provenance(path, meta, expected)
+    token_set = "all" if special_tokens else "regular"
+    key = f"{int(seed)}_{token_set}"
+    if isinstance(dump_path, dict):  # statistics already in memory
+        statistics, path = dump_path, Path(statistics_path or "statistics")
+        check_statistics_provenance(path, statistics, expected)
+    elif str(dump_path).endswith(".npz"):  # the metrics suite's statistics file (no dump needed)
+        statistics, path = load_statistics(dump_path), Path(dump_path)
+        check_statistics_provenance(path, statistics, expected)
+    else:  # a dump: one read for the moments and the sample (its metadata checked first)
+        path = Path(dump_path)
+        plan = {"samples": {key: int(sample_size)}}
+        statistics = stream_dump(path, lambda n_layers, metadata, moments: StatisticsPass(
+            plan, n_layers, metadata, moments=moments, device=device), device=device, progress=progress,
+            desc=f"projection {model or ''}/{corpus or ''}", expected=expected)
+    if f"sample/{key}/size" not in statistics or int(statistics[f"sample/{key}/size"]) < int(sample_size):
+        raise DumpError(f"{path}: holds no token sample of seed {seed} ({token_set} tokens) with {sample_size} tokens; "
+                        "rerun its metrics pass with the projection's options")
+    meta = json_value(statistics["metadata.json"])
+    n_layers, hidden_size = int(statistics["n_layers"]), int(statistics["hidden_size"])
     model = model or meta.get("model_id", path.parent.name)
     corpus = corpus or meta.get("corpus", path.stem)
-    layer_list = resolve_layers(layers, dump.n_layers, path)
+    layer_list = resolve_layers(layers, n_layers, path)
     ks = _clusters_per_layer(clusters, layer_list, path)
-    if int(components) > dump.hidden_size:
-        raise ProjectionError(f"{path}: components={components} exceeds the hidden size {dump.hidden_size}")
+    if int(components) > hidden_size:
+        raise ProjectionError(f"{path}: components={components} exceeds the hidden size {hidden_size}")
+    all_moments = LayerMoments.from_state_dict(statistics, n_layers, device)
+    n_tokens = all_moments.of(layer_list[0], token_set).count
+    if n_tokens < 2:
+        raise DumpError(f"{path}: {n_tokens} token(s) to project (special tokens "
+                        f"{'included' if special_tokens else 'excluded'}); need at least 2")
 
-    rows, n_tokens = _sampled_rows(dump, int(sample_size), int(seed), bool(special_tokens), device)
+    # the sample's smallest `sample_size` hashes, in (sentence_id, position) order: the shared sample's rows
+    prefix = f"sample/{key}"
+    keys = np.asarray(statistics[f"{prefix}/keys"])
+    chosen = np.sort(np.argsort(keys, kind="stable")[:int(sample_size)])  # the stored order is (sentence, position)
+    rows = np.asarray(statistics[f"{prefix}/row"])[chosen].astype(np.int64)
     if 1 < len(rows) < int(sample_size):  # every token is in the sample: record the size used, say so once
         log.warning("projection %s/%s: sample_size %d lowered to %d, the number of tokens in the dump (special "
                     "tokens %s); the table records %d", model, corpus, int(sample_size), len(rows),
                     "included" if special_tokens else "excluded", len(rows))
-    if n_tokens < 2:
-        raise DumpError(f"{path}: {n_tokens} token(s) to project (special tokens "
-                        f"{'included' if special_tokens else 'excluded'}); need at least 2")
-    # where each dump row goes in the sample (the sample keeps its (sentence_id, position) order)
-    by_row = np.argsort(rows, kind="stable")
-    sorted_rows = rows[by_row]
-
-    moments = {layer: MomentSums(device) for layer in layer_list}
-    sampled = {layer: torch.zeros((len(rows), dump.hidden_size), dtype=torch.float64, device=device)
-               for layer in layer_list}
-    offset = 0
-    columns = ["special"] + [layer_column(layer) for layer in layer_list]
-    for batch in tqdm(dump.batches(columns), total=dump.reader.num_record_batches, unit="batch",
-                      desc=f"projection {model}/{corpus}", disable=not progress):
-        n = batch.num_rows
-        special = np.asarray(batch.column("special").to_numpy(zero_copy_only=False), dtype=bool)
-        keep = None if special_tokens else torch.from_numpy(~special).to(device)
-        lo, hi = np.searchsorted(sorted_rows, [offset, offset + n])
-        local = torch.from_numpy(sorted_rows[lo:hi] - offset).to(device)
-        target = torch.from_numpy(by_row[lo:hi]).to(device)
-        for layer in layer_list:
-            x = vector_tensor(batch.column(layer_column(layer)), device)
-            moments[layer].update(x if keep is None else x[keep])
-            if len(local):
-                sampled[layer][target] = x[local]
-        offset += n
-
-    index = dump.read_index().to_pandas().iloc[rows].reset_index(drop=True)
     base = pd.DataFrame({
         "model": model,
         "training_step": pd.array([int(meta["training_step"]) if meta.get("training_step") else pd.NA] * len(rows),
                                   dtype="Int64"),
         "corpus": corpus,
-        "token_index": rows.astype(np.int64),
-        "sentence_id": index["sentence_id"].astype(np.int64),
-        "position": index["position"].astype(np.int64),
-        "token_id": index["token_id"].astype(np.int64),
-        "token": index["token"].astype(str),
-        "special": index["special"].astype(bool),
-        "frequency": index["frequency"].astype(np.int64),
+        "token_index": rows,
+        "sentence_id": np.asarray(statistics[f"{prefix}/sentence_id"])[chosen].astype(np.int64),
+        "position": np.asarray(statistics[f"{prefix}/position"])[chosen].astype(np.int64),
+        "token_id": np.asarray(statistics[f"{prefix}/token_id"])[chosen].astype(np.int64),
+        "token": np.asarray(statistics[f"{prefix}/token"])[chosen].astype(str),
+        "special": np.asarray(statistics[f"{prefix}/special"])[chosen].astype(bool),
+        "frequency": np.asarray(statistics[f"{prefix}/frequency"])[chosen].astype(np.int64),
     })
     frames = []
     for layer in layer_list:
-        moment = moments[layer]
+        moment = all_moments.of(layer, token_set).select(range(hidden_size))
+        sampled = sample_for_layer(statistics, key, layer, device).bottom(int(sample_size)).rows()["x"]
         mean = moment.mean()
         eigenvalues, eigenvectors = descending_eigh(moment.covariance(ddof=0))
         top = eigenvectors[:, :int(components)]
         total = float(eigenvalues.clamp_min(0).sum())
-        projected = ((sampled[layer] - mean) @ top).cpu().numpy()
+        projected = ((sampled - mean) @ top).cpu().numpy()
         frame = base.copy()
         frame.insert(3, "layer", layer)
         for k in range(int(components)):
@@ -260,7 +244,7 @@ def token_projection(dump_path, *, layers=None, sample_size: int = 5000, seed: i
             if k == 1:
                 labels = np.zeros(len(rows), dtype=np.int64)
             else:
-                labels = kmeans(sampled[layer], k, seed=int(seed), key=(0,), **kmeans_options)[0].cpu().numpy()
+                labels = kmeans(sampled, k, seed=int(seed), key=(0,), **kmeans_options)[0].cpu().numpy()
             frame["cluster"] = pd.array(labels, dtype="Int64")
             frame["cluster_k"] = pd.array([k] * len(rows), dtype="Int64")
         else:

@@ -11,8 +11,13 @@ column             type                                        meaning
 ``token``          string                                      tokenizer piece
 ``special``        bool                                        a special token ([CLS], [SEP], <s> ...)
 ``frequency``      int64                                       occurrences of ``token_id`` in the tokenised corpus
-``layer_<i>``      fixed_size_list<float32|float16>[d]         hidden state i (0 = embedding output)
+``layer_<i>``      fixed_size_list<float32|float16|uint16>[d]  hidden state i (0 = embedding output)
 =================  ==========================================  =====================================
+
+Precision (metadata ``dtype``): ``float32`` (4 bytes per value), ``float16`` or ``bfloat16`` (2 bytes). Arrow has
+no bfloat16 type, so a bfloat16 dump stores each value's 16 bits as ``uint16`` (the upper half of its float32
+bits, rounded to nearest even); :func:`vectors` turns them back into float32 exactly. Readers always see
+float32 (and metrics float64) whatever the precision.
 
 The token index lives in the same record batches as the vectors, so row alignment is structural;
 :func:`validate_dump` checks it anyway (counts, contiguous positions, metadata). Files are written
@@ -44,7 +49,21 @@ INDEX_FIELDS = [
 INDEX_COLUMNS = [f.name for f in INDEX_FIELDS]
 LAYER_CONVENTION = "layer 0 = embedding output (hidden_states[0]); layer i = output of block i"
 META_PREFIX = "tokenuni."
-_ARROW_DTYPES = {"float32": pa.float32(), "float16": pa.float16()}
+_ARROW_DTYPES = {"float32": pa.float32(), "float16": pa.float16(), "bfloat16": pa.uint16()}
+#: dump precisions (metadata ``dtype``) and bytes per stored value
+DUMP_PRECISIONS = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def bfloat16_bits(values: np.ndarray) -> np.ndarray:
+    """float32 values rounded to bfloat16 (nearest, ties to even, as torch), as their 16 bits (uint16)."""
+    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+    rounded = bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))
+    return (rounded >> np.uint32(16)).astype(np.uint16)
+
+
+def bfloat16_values(bits: np.ndarray) -> np.ndarray:
+    """The float32 values of bfloat16 bits (exact)."""
+    return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << np.uint32(16)).view(np.float32)
 #: bytes of a dump streamed between two releases of its mapped pages (:meth:`Dump.release`)
 RELEASE_BYTES = 64 * 2**20
 
@@ -95,17 +114,11 @@ class DumpWriter:
         if len(layers) != self.n_layers:
             raise DumpError(f"{self.path}: expected {self.n_layers} layers, got {len(layers)}")
         n = len(index["sentence_id"])
-        numpy_dtype = np.dtype(self.dtype)
         columns = [pa.array(index[f.name], type=f.type) for f in INDEX_FIELDS]
         for i, states in enumerate(layers):
             if states.shape != (n, self.hidden_size):
                 raise DumpError(f"{self.path}: layer {i} has shape {states.shape}, expected ({n}, {self.hidden_size})")
-            if not np.isfinite(states).all():
-                raise DumpError(f"{self.path}: layer {i} holds NaN or Inf hidden states")
-            with np.errstate(over="ignore"):  # an overflow is reported below, naming the layer
-                values = np.ascontiguousarray(states, dtype=numpy_dtype)
-            if numpy_dtype != states.dtype and not np.isfinite(values).all():
-                raise DumpError(f"{self.path}: layer {i} overflows {self.dtype} (max |x| = {np.abs(states).max():.3g})")
+            values = self._stored(i, states)
             flat = pa.array(values.reshape(-1), type=_ARROW_DTYPES[self.dtype])
             columns.append(pa.FixedSizeListArray.from_arrays(flat, self.hidden_size))
         try:
@@ -113,6 +126,25 @@ class DumpWriter:
         except OSError as error:
             raise disk_full(self.path, error) from error
         self.rows += n
+
+    def _stored(self, layer: int, states: np.ndarray) -> np.ndarray:
+        """The values as stored: float32, float16, or bfloat16 bits (``states`` may already be those bits, uint16)."""
+        if self.dtype == "bfloat16" and states.dtype == np.uint16:
+            if ((states >> np.uint16(7)) & np.uint16(0xFF) == np.uint16(0xFF)).any():
+                raise DumpError(f"{self.path}: layer {layer} holds NaN or Inf hidden states")
+            return np.ascontiguousarray(states)
+        if not np.isfinite(states).all():
+            raise DumpError(f"{self.path}: layer {layer} holds NaN or Inf hidden states")
+        with np.errstate(over="ignore"):  # an overflow is reported below, naming the layer
+            if self.dtype == "bfloat16":
+                values = bfloat16_bits(states)
+                finite = np.isfinite(bfloat16_values(values)).all()
+            else:
+                values = np.ascontiguousarray(states, dtype=np.dtype(self.dtype))
+                finite = values.dtype == states.dtype or np.isfinite(values).all()
+        if not finite:
+            raise DumpError(f"{self.path}: layer {layer} overflows {self.dtype} (max |x| = {np.abs(states).max():.3g})")
+        return values
 
     def close(self) -> None:
         try:
@@ -202,11 +234,13 @@ class Dump:
 
 
 def vectors(column: pa.Array) -> np.ndarray:
-    """(n, d) numpy view of a fixed-size-list column (zero copy when the column is not sliced)."""
+    """(n, d) numpy view of a fixed-size-list column (zero copy when the column is not sliced; a bfloat16 dump's
+    bits are converted to float32)."""
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     d = column.type.list_size
-    return column.flatten().to_numpy(zero_copy_only=False).reshape(-1, d)
+    values = column.flatten().to_numpy(zero_copy_only=False).reshape(-1, d)
+    return bfloat16_values(values) if values.dtype == np.uint16 else values
 
 
 def vector_tensor(column: pa.Array, device):

@@ -27,6 +27,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from tokenuni.errors import TokenuniError
+
 log = logging.getLogger(__name__)
 
 #: the models of config/paper.yaml
@@ -36,12 +38,26 @@ HIDDEN, HEADS, INTERMEDIATE, POSITIONS, VOCAB = 32, 4, 64, 128, 800
 TEXT_FILE = "wikitext-2/wiki.test.raw"
 
 
-def training_texts(mirror, n: int = 400) -> list[str]:
-    """The first ``n`` non-empty, non-heading lines of WikiText-2's test split in the data mirror."""
+class TinyModelError(TokenuniError, ValueError):
+    """The tiny models cannot be built as asked: no data mirror (their tokenizers are trained on its WikiText-2),
+    or a family without a tiny model."""
+
+
+def require_mirror(mirror) -> Path:
+    """The data mirror the tiny tokenizers are trained on (WikiText-2's test split), or a clear error."""
+    if not mirror:
+        raise TinyModelError(f"tiny-models trains its tokenizers on WikiText-2 ({TEXT_FILE}) from the data mirror, "
+                             "and none is set: set TOKENUNI_DATA to the mirror folder or pass --mirror DIR")
     path = Path(mirror) / TEXT_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: the tiny tokenizers are trained on WikiText-2 from the data "
-                                "mirror (set TOKENUNI_DATA or --mirror)")
+        raise TinyModelError(f"{path} not found: the tiny tokenizers are trained on WikiText-2 from the data mirror "
+                             f"({mirror}); point TOKENUNI_DATA or --mirror at a mirror that holds {TEXT_FILE}")
+    return Path(mirror)
+
+
+def training_texts(mirror, n: int = 400) -> list[str]:
+    """The first ``n`` non-empty, non-heading lines of WikiText-2's test split in the data mirror."""
+    path = require_mirror(mirror) / TEXT_FILE
     lines = []
     with open(path, encoding="utf-8") as handle:
         for line in handle:
@@ -123,7 +139,7 @@ def tiny_tokenizer(family: str, texts: list[str]):
     if family == "t5":
         return transformers.T5Tokenizer(vocab=_unigram(texts, ["<pad>", "</s>", "<unk>"], "<unk>", lowercase=False),
                                         extra_ids=0)
-    raise ValueError(f"no tiny model for family {family!r}; known: {', '.join(TINY_FAMILIES)}")
+    raise TinyModelError(f"no tiny model for family {family!r}; known: {', '.join(TINY_FAMILIES)}")
 
 
 def tiny_config(family: str, tokenizer):
@@ -161,7 +177,7 @@ def tiny_config(family: str, tokenizer):
         return transformers.T5Config(vocab_size=n, d_model=HIDDEN, d_kv=HIDDEN // HEADS, d_ff=INTERMEDIATE,
                                      num_layers=2, num_heads=HEADS, pad_token_id=tokenizer.pad_token_id,
                                      eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id)
-    raise ValueError(f"no tiny model for family {family!r}; known: {', '.join(TINY_FAMILIES)}")
+    raise TinyModelError(f"no tiny model for family {family!r}; known: {', '.join(TINY_FAMILIES)}")
 
 
 def build_tiny_model(family: str, out_dir, texts: list[str], *, seed: int = 0) -> Path:
@@ -192,4 +208,8 @@ def build_tiny_model(family: str, out_dir, texts: list[str], *, seed: int = 0) -
 
 def build_tiny_models(out_root, texts: list[str], families=PAPER_FAMILIES, *, seed: int = 0) -> dict[str, Path]:
     """:func:`build_tiny_model` for each of ``families`` into ``out_root/<family>``."""
+    unknown = [family for family in families if family not in TINY_FAMILIES]
+    if unknown:  # before anything is built
+        raise TinyModelError(f"no tiny model for family {', '.join(map(repr, unknown))}; known: "
+                             f"{', '.join(TINY_FAMILIES)}")
     return {family: build_tiny_model(family, Path(out_root) / family, texts, seed=seed) for family in families}

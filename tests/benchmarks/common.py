@@ -84,6 +84,47 @@ def minilm_dump(workdir: Path, sentences: int, device: str = "cpu") -> Path:
     return out
 
 
+def model_dump(workdir: Path, sentences: int, spec: dict, label: str, device: str) -> Path:
+    """The study's WikiText sample embedded by ``spec`` with its moments file (cached)."""
+    from tokenuni.embed import embed_corpus
+    from tokenuni.statistics import LayerMoments, moments_path
+
+    out = workdir / f"{label}-wikitext-{sentences}.arrow"
+    if out.exists() and moments_path(out).exists():
+        return out
+    made = {}
+
+    def consumer(n_layers, hidden_size, metadata):
+        made["moments"] = LayerMoments(n_layers, device)
+        return made["moments"]
+
+    summary = embed_corpus(wikitext_corpus(workdir, sentences), spec, out, corpus_name="wikitext", device=device,
+                           progress=True, consumer=consumer)
+    made["moments"].save(moments_path(out), {"rows": summary["tokens"]})
+    return out
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model-path", default=None, help="a local model folder (e.g. all-mpnet-base-v2) instead of MiniLM")
+    p.add_argument("--model-id", default="sentence-transformers/all-mpnet-base-v2", help="the id of --model-path")
+
+
+def model_from_arguments(args) -> tuple[dict, str]:
+    """(model spec, label) of --model-path / --model-id, else the real MiniLM; the study's batch size 64."""
+    if args.model_path:
+        return {**MINILM, "id": args.model_id, "path": args.model_path, "batch_size": 64}, Path(args.model_path).name
+    return {**MINILM, "batch_size": 64}, "minilm"
+
+
+def default_metric_options() -> dict:
+    """Every metric's options as the default study runs them (the schema's defaults)."""
+    from tokenuni.config import validate_config
+    from tokenuni.metrics import METRICS
+
+    config = validate_config({"models": {"m": {"id": "m"}}, "corpora": {"c": {"mirror": {"format": "lines", "files": ["x"]}}}})
+    return {name: config["metrics"][name] for name in METRICS}
+
+
 def clock(fn, *args, **kwargs) -> tuple[float, object]:
     started = time.perf_counter()
     value = fn(*args, **kwargs)

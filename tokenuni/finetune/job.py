@@ -5,8 +5,8 @@ The geometry is measured on the hidden states the fine-tuned :class:`GlueModel` 
 dev sentences in its final evaluation (so a SoftDecay variant's last layer is the transformed one, and
 no second forward pass is needed: :class:`DevStates`): they are written to a temporary Arrow dump
 (:mod:`tokenuni.store`) and streamed through the same metric accumulators as the pretrained dumps
-(:func:`tokenuni.metrics.compute_metric`) — the I-STAR paper's question, "does less isotropy help?",
-then has both answers in one table. Each job also keeps its per-example dev predictions, which the
+(:func:`tokenuni.metrics.suite.metric_tables`: the metrics suite, one read of the dev dump) — the I-STAR
+paper's question, "does less isotropy help?", then has both answers in one table. Each job also keeps its per-example dev predictions, which the
 study's statistics pair across variants (:mod:`tokenuni.finetune.statistics`).
 """
 from __future__ import annotations
@@ -92,18 +92,19 @@ class DevStates:
         }, layers)
 
     def metrics(self, names: list[str], device) -> pd.DataFrame:
-        """The metrics suite on every layer of the kept states (scalar rows only)."""
-        from tokenuni.metrics import compute_metric
+        """The metrics suite on every layer of the kept states (scalar rows only), every metric from one read of
+        the dump (two when one needs the moments first: the centred cosine family, partition isotropy;
+        :func:`tokenuni.metrics.suite.metric_tables`)."""
+        from tokenuni.metrics.suite import metric_tables
 
         if self.writer is None:
             raise RuntimeError("no dev-set hidden states were kept (the final evaluation did not run)")
         self.writer.close()
-        tables = []
-        for name in names:
-            table = compute_metric(self.path, name, {}, model=self.model_key, corpus=self.corpus, device=device,
-                                   progress=False)
-            tables.append(table[table["component"].isna()])
-        return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+        if not names:
+            return pd.DataFrame()
+        tables = metric_tables(self.path, {name: {} for name in names}, model=self.model_key, corpus=self.corpus,
+                               device=device)
+        return pd.concat([table[table["component"].isna()] for table in tables.values()], ignore_index=True)
 
     def close(self) -> None:
         self._tmp.cleanup()

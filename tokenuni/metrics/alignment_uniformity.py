@@ -80,6 +80,7 @@ def uniformity(unit, t: float = 2.0, weights=None, chunk_size: int = 512):
 class AlignmentUniformity(SampledMetric):
     name = "alignment_uniformity"
     produces = ("wang_isola_uniformity",)
+    derived_options = ("t", "bootstrap", "chunk_size")
 
     def __init__(self, device="cpu", t: float = 2.0, sample_size: int = 5000, seed: int = 0, bootstrap: int = 100,
                  chunk_size: int = 512, **options):

@@ -134,6 +134,13 @@ class Metric(ABC):
     vector_rows: tuple[str, ...] = ()
     #: how many times the runner streams the dump through :meth:`update` (2: e.g. centre first)
     passes: int = 1
+    #: options that only :meth:`compute` reads: the one-pass suite (:mod:`tokenuni.metrics.suite`) saves the
+    #: accumulator's :meth:`state_dict` and re-derives the rows when one of them changes, without a read of the dump
+    derived_options: tuple[str, ...] = ()
+    #: statistics the suite keeps once for every metric of a layer: "moments" (the layer's
+    #: :class:`~tokenuni.numerics.MomentSums`, given by :meth:`use_moments`) and/or "sample" (the seeded token
+    #: sample, given by :meth:`use_sample`)
+    shared: tuple[str, ...] = ()
 
     def __init__(self, device="cpu", special_tokens: bool = False, enabled: bool = True):
         import torch
@@ -184,6 +191,36 @@ class Metric(ABC):
     @abstractmethod
     def _update(self, batch: TokenBatch) -> None: ...
 
+    # -- the one-pass suite (tokenuni.metrics.suite) -----------------------------------------------
+    def token_set(self) -> str:
+        """The tokens the metric streams: "regular" (special tokens dropped) or "all"."""
+        return "all" if self.special_tokens else "regular"
+
+    def needs_moments_first(self) -> bool:
+        """Whether part of the per-batch work needs the layer's moments (mean, eigenvectors) before the batch."""
+        return False
+
+    def prime(self, moments) -> None:
+        """The layer's moments (a MomentSums of the metric's tokens, coordinates x) are known before the read."""
+
+    def stream(self, batch: TokenBatch, stage: str) -> None:
+        """The suite's per-batch call: ``stage`` "data" (work that needs the batch alone) or "moments" (work that
+        needs :meth:`prime` first). Special tokens are already dropped unless ``special_tokens``; the batch was
+        checked for NaN. Default: the whole :meth:`_update` is "data" work."""
+        if stage == "data":
+            self._update(batch)
+
+    def use_moments(self, moments, hidden_size: int) -> None:
+        """Take the shared moments of z = (x, f, log f, ‖x‖) (:func:`tokenuni.metrics.suite.moment_rows`)."""
+        self.sums = moments.select(range(hidden_size))
+
+    def state_dict(self) -> dict:
+        """The accumulator's own sufficient statistics (numpy arrays; shared statistics excluded)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` (then :meth:`compute` may run with other :attr:`derived_options`)."""
+
     @abstractmethod
     def compute(self) -> list[MetricValue]: ...
 
@@ -221,8 +258,18 @@ class SampledMetric(Metric):
         self.seed = int(seed)
         self.sample = ReservoirSample(self.sample_size, self.seed)
 
+    shared = ("sample",)
+
     def _update(self, batch: TokenBatch) -> None:
         self.offer(batch)
+
+    def stream(self, batch: TokenBatch, stage: str) -> None:
+        """Nothing of its own per batch: the suite keeps the shared sample."""
+
+    def use_sample(self, sample) -> None:
+        """Take the shared sample of this seed (a :class:`ReservoirSample` of at least ``sample_size`` tokens):
+        its ``sample_size`` smallest hashes are exactly the tokens this metric's own sample would keep."""
+        self.sample = sample.bottom(self.sample_size)
 
     def offer(self, batch: TokenBatch) -> None:
         """Offer the tokens of ``batch`` to the sample."""

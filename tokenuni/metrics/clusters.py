@@ -11,7 +11,8 @@ tokens for every layer and whatever the batching), for every k in ``k_min … k_
   local trials, as scikit-learn; ``n_init`` seeded restarts, the lowest inertia Σ_i ‖x_i − c_{l(i)}‖²
   kept; iterations until the labels stop changing or the centres move by ≤ ``tol`` × mean
   per-dimension variance; an emptied cluster is re-seeded with the point farthest from its centre)
-  in float64 torch on the metric's device.
+  in float64 torch on the metric's device; every (repeat, k, restart) run advances together
+  (:func:`tokenuni.numerics.kmeans_runs`: one distance product per Lloyd iteration for all runs).
   Row ``kmeans_inertia`` (component = k).
 * the mean silhouette (Rousseeuw 1987) of that clustering, s(i) = (b_i − a_i) / max(a_i, b_i) with
   a_i the mean Euclidean distance from i to the other members of its cluster, b_i the smallest
@@ -70,7 +71,7 @@ import logging
 import numpy as np
 
 from tokenuni.metrics.base import MetricError, MetricValue, SampledMetric, unit_rows, used_sample_size, warn_once
-from tokenuni.numerics import kmeans, seeded_generator
+from tokenuni.numerics import kmeans_runs, seeded_generator
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +187,8 @@ class Clusters(SampledMetric):
     produces = ("kmeans_inertia", "silhouette", "mms_k", "mms_silhouette", "within_cluster_avg_cosine",
                 "within_cluster_s_intra", "within_cluster_s_inter", "clusters_k_max")
     vector_rows = ("kmeans_inertia", "silhouette")
+    derived_options = ("k_min", "k_max", "n_init", "max_iter", "tol", "silhouette_sample_size", "min_silhouette",
+                       "repeats")
 
     def __init__(self, device="cpu", sample_size: int = 5000, seed: int = 0, k_min: int = 2, k_max: int = 10,
                  n_init: int = 5, max_iter: int = 300, tol: float = 1e-4, silhouette_sample_size: int | None = None,
@@ -221,8 +224,10 @@ class Clusters(SampledMetric):
 
         n = x.shape[0]
         ks = list(range(self.k_min, self.k_max_used(n) + 1))
-        runs = {(r, k): kmeans(x, k, n_init=self.n_init, seed=self.seed, max_iter=self.max_iter, tol=self.tol, key=(r,))
-                for r in range(self.repeats) for k in ks}
+        # every (repeat, k, restart) k-means run at once (batched distance and centre products, shared centring)
+        batched = kmeans_runs(x, [((r,), k) for r in range(self.repeats) for k in ks], n_init=self.n_init,
+                              seed=self.seed, max_iter=self.max_iter, tol=self.tol)
+        runs = {(key[0], k): result for (key, k), result in batched.items()}
         subset = self._silhouette_subset(n)
         scored = x if subset is None else x[subset]
         keys = list(runs)

@@ -174,6 +174,18 @@ class CosineFamily(Metric):
                 self.mean = self.vector_sum / self.tokens
             self._add_unit_sums("centred", batch.x - self.mean, slots)
 
+    # -- the one-pass suite ---------------------------------------------------------------------------
+    def needs_moments_first(self) -> bool:
+        return "centred" in self.variants
+
+    def prime(self, moments) -> None:
+        """μ from the layer's moments: the centred unit sums can then be formed in the same read."""
+        self.mean = moments.mean()
+
+    def stream(self, batch: TokenBatch, stage: str) -> None:
+        self.pass_index = 0 if stage == "data" else 1
+        self._update(batch)
+
     # -- results ----------------------------------------------------------------------------------
     def _sampled_s_inter(self, variant: str) -> tuple[float, float | None, int] | None:
         values, used = [], 0

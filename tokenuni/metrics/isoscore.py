@@ -118,6 +118,8 @@ def isoscore_from_moments(covariance) -> float:
 class IsoScoreMetric(SampledMetric):
     name = "isoscore"
     produces = ("isoscore", "isoscore_star")
+    derived_options = ("zeta", "bootstrap")
+    shared = ("moments", "sample")
 
     def __init__(self, device="cpu", zeta: float = 0.2, sample_size: int = 1024, seed: int = 0, bootstrap: int = 20,
                  **options):

@@ -120,6 +120,7 @@ def bootstrap_std(values: np.ndarray, statistics, resamples: int, seed: int) -> 
 class LocalIntrinsicDimension(SampledMetric):
     name = "lid"
     produces = ("lid_mean", "lid_std", "lid_median", "lid_k", "lid_duplicate_tokens")
+    derived_options = ("k", "squared_distances", "bootstrap", "chunk_size")
 
     def __init__(self, device="cpu", k: int = 100, sample_size: int = 5000, seed: int = 0,
                  squared_distances: bool = False, bootstrap: int = 100, chunk_size: int = 512, **options):

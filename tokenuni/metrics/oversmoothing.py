@@ -62,6 +62,9 @@ class Oversmoothing(Metric):
         self.skipped = 0
         self.pending: TokenBatch | None = None  # the last sentence seen, which may continue
 
+    def token_set(self) -> str:
+        return "all"  # the first special token is the [CLS] of cls_uniformity
+
     def update(self, batch) -> None:
         # keep special tokens here: the first one is the [CLS] of cls_uniformity
         if isinstance(batch, pa.RecordBatch):
@@ -129,6 +132,9 @@ class LayerNormScale(Metric):
     name = "layernorm_scale"
     produces = ("layernorm_gamma_norm", "layernorm_gamma_rms", "layernorm_beta_norm")
     passes = 0  # read from the dump's metadata, no pass over the tokens
+
+    def stream(self, batch: TokenBatch, stage: str) -> None:
+        """Nothing per batch: read from the dump's metadata."""
 
     def _update(self, batch: TokenBatch) -> None:  # pragma: no cover - never streamed
         pass

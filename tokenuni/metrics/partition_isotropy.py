@@ -40,6 +40,8 @@ class PartitionIsotropy(Metric):
     name = "partition_isotropy"
     produces = ("partition_isotropy",)
     passes = 2
+    derived_options = ("variants", "signs")
+    shared = ("moments",)
 
     def __init__(self, device="cpu", variants=VARIANTS, signs: str = "both", **options):
         super().__init__(device, **options)
@@ -56,6 +58,7 @@ class PartitionIsotropy(Metric):
         self.running_max = {}  # variant -> (m,) running max of uᵀv
         self.running_sum = {}  # variant -> (m,) Σ exp(uᵀv − running max)
         self.pass1_count = 0
+        self.loaded_log_z = None  # variant -> log Z of the 2d directions (u, then −u), from :meth:`load_state_dict`
 
     def begin_pass(self, index: int) -> None:
         super().begin_pass(index)
@@ -92,6 +95,34 @@ class PartitionIsotropy(Metric):
                                          + torch.exp(projections - new_max).sum(dim=0))
             self.running_max[variant] = new_max
 
+    # -- the one-pass suite: U from moments known before the read, so Z(u) in the same read -----------
+    def needs_moments_first(self) -> bool:
+        return True
+
+    def prime(self, moments) -> None:
+        self.sums = moments
+        if moments.count > 0:
+            self._fix_directions()
+
+    def stream(self, batch: TokenBatch, stage: str) -> None:
+        if stage == "moments":
+            self.pass_index = 1
+            self._update(batch)
+
+    def state_dict(self) -> dict:
+        """log Z(u) of every direction of both variants, u then −u (the pass runs ``signs="both"`` and every
+        variant; ``signs="canonical"`` is the first half: :func:`descending_eigh`'s signs)."""
+        import numpy as np
+
+        if self.signs != "both" or set(self.variants) != set(VARIANTS):
+            raise ValueError("partition_isotropy: the suite's pass runs every variant with signs='both'")
+        state = {f"log_z_{variant}": log_z for variant, log_z in self.log_partition().items()}
+        return {**state, "tokens": np.asarray(self.pass1_count)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.loaded_log_z = {variant: state[f"log_z_{variant}"] for variant in VARIANTS if f"log_z_{variant}" in state}
+        self.pass1_count = int(state["tokens"])
+
     def log_partition(self) -> dict:
         """log Z(u) for every direction, per variant (numpy arrays)."""
         import torch
@@ -100,12 +131,18 @@ class PartitionIsotropy(Metric):
                 for variant in self.directions}
 
     def compute(self) -> list[MetricValue]:
-        if self.sums.count == 0 or not self.directions:
+        if self.loaded_log_z is not None:
+            log_zs = {variant: self.loaded_log_z[variant] for variant in self.variants if variant in self.loaded_log_z}
+            if self.signs == "canonical":
+                log_zs = {variant: log_z[:len(log_z) // 2] for variant, log_z in log_zs.items()}
+        elif self.sums.count == 0 or not self.directions:
             return []
+        else:
+            log_zs = self.log_partition()
         if self.pass1_count != self.sums.count:
             raise RuntimeError(f"partition_isotropy: pass 1 saw {self.pass1_count} tokens, pass 0 {self.sums.count}")
         rows = []
-        for variant, log_z in self.log_partition().items():
+        for variant, log_z in log_zs.items():
             ratio = math.exp(float(log_z.min() - log_z.max()))  # min Z / max Z from log Z
             rows.append(MetricValue("partition_isotropy", ratio, self.sums.count, variant))
         return rows

@@ -60,6 +60,8 @@ class Spectrum(Metric):
     name = "spectrum"
     produces = ("singular_value", "singular_value_skewness", "effective_rank", "explained_variance")
     vector_rows = ("singular_value", "explained_variance")
+    derived_options = ("variants", "explained_variance_k")
+    shared = ("moments",)
 
     def __init__(self, device="cpu", variants=("uncentred", "centred"), explained_variance_k=(1, 10, 50), **options):
         super().__init__(device, **options)
@@ -71,6 +73,9 @@ class Spectrum(Metric):
 
     def _update(self, batch: TokenBatch) -> None:
         self.sums.update(batch.x)
+
+    def stream(self, batch: TokenBatch, stage: str) -> None:
+        """Nothing of its own per batch: the suite keeps the shared moments."""
 
     def spectra(self) -> dict[str, np.ndarray]:
         """Singular values per variant (descending)."""

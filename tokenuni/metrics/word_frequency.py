@@ -39,6 +39,8 @@ class WordFrequency(Metric):
     name = "word_frequency"
     produces = ("pc_frequency_correlation", "norm_frequency_correlation")
     vector_rows = ("pc_frequency_correlation",)
+    derived_options = ("log_frequency", "components")
+    shared = ("moments",)
 
     def __init__(self, device="cpu", log_frequency: bool = True, components: int = 3, **options):
         super().__init__(device, **options)
@@ -63,6 +65,13 @@ class WordFrequency(Metric):
         x = batch.x
         norms = torch.linalg.vector_norm(x, dim=1)
         self.sums.update(torch.cat([x, self._frequency(batch)[:, None], norms[:, None]], dim=1))
+
+    def stream(self, batch: TokenBatch, stage: str) -> None:
+        """Nothing of its own per batch: the suite keeps the shared moments of (x, f, log f, ‖x‖)."""
+
+    def use_moments(self, moments, hidden_size: int) -> None:
+        frequency = hidden_size + (1 if self.log_frequency else 0)
+        self.sums = moments.select([*range(hidden_size), frequency, hidden_size + 2])
 
     def moments(self) -> dict:
         """Population covariance of x, Cov(x, f), Var f, Var ‖x‖, Cov(‖x‖, f) (numpy / floats).

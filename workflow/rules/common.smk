@@ -10,6 +10,7 @@ from snakemake.exceptions import WorkflowError
 from tokenuni.config import ConfigError, data_mirror, enabled_metrics, load_yaml, model_specs, validate_config
 from tokenuni.gpu_lease import gpu_devices
 from tokenuni.metrics import METRICS
+from tokenuni.metrics.suite import pass_plan
 from tokenuni.sources import mirror_files, corpus_uses_mirror, model_fingerprint
 from tokenuni.tracking import resolve_tracking_uri, sqlite_store, store_problem
 
@@ -29,15 +30,19 @@ MODEL_SPECS = model_specs(config)  # checkpoints expanded: "<key>@step<step>"
 MODELS = list(MODEL_SPECS)
 # The model is an input. Each model's config entry plus its fingerprint (weight package versions, the pinned
 # revision, or the SHA-256 of a local `path:` folder's files: tokenuni.sources.model_fingerprint) is the
-# `model` param of every rule that runs it (embed, sentence_embed, finetune) or reads what it wrote (metric,
-# projection, sts: they check the file's metadata against it), so new weights in the same folder rerun all of
-# them. A param rather than a manifest file as input: a manifest would need a rule that runs at every
+# `model` param of every rule that runs it (embed, embed_without_dump, sentence_embed, finetune) or reads what
+# it wrote (stats reads the dump; metric and projection read the statistics, which carry the dump's metadata;
+# sts reads sentence files: each checks the file's metadata against it), so new weights in the same folder rerun
+# all of them. A param rather than a manifest file as input: a manifest would need a rule that runs at every
 # invocation to notice a change, a param is evaluated while the DAG is built; the digest cache (keyed on
 # path, size, mtime_ns) keeps that to one stat per file when nothing changed.
 MODEL_JSON = {key: json.dumps({**spec, "fingerprint": model_fingerprint(spec)}) for key, spec in MODEL_SPECS.items()}
 CORPORA = list(config["corpora"])
 # corpora with per-layer token dumps and the metrics suite
 GEOMETRY_CORPORA = [name for name, spec in config["corpora"].items() if spec["geometry"]]
+# ... with a dump read once by the metrics pass, or (dump: false) with the metrics fed by the embed stage itself
+DUMP_CORPORA = [name for name in GEOMETRY_CORPORA if config["corpora"][name]["dump"]]
+STREAM_CORPORA = [name for name in GEOMETRY_CORPORA if not config["corpora"][name]["dump"]]
 # unsupervised STS: datasets, poolings, transforms, and the corpora whose sentence embeddings they need
 STS = config["sts"] if config["sts"]["enabled"] and config["sts"]["datasets"] else None
 STS_DATASETS = STS["datasets"] if STS else []
@@ -130,6 +135,24 @@ def dump_file(model, corpus):
     return f"{RESULTS}/dumps/{model}/{corpus}.arrow"
 
 
+def moments_file(model, corpus):
+    """The dump's per-layer moments, written by the embed job beside it (the metrics pass then reads the dump once)."""
+    return f"{RESULTS}/dumps/{model}/{corpus}.arrow.moments.npz"
+
+
+def stats_file(model, corpus):
+    """The metrics suite's statistics of a (model, corpus): what every metric job derives its table from."""
+    return f"{RESULTS}/stats/{model}/{corpus}.npz"
+
+
+def suite_plan():
+    """What the metrics pass computes (tokenuni.metrics.suite.pass_plan): the pass options of every enabled metric
+    and the sizes of the shared samples (the projection's included). Its only params: a derived option (min_tokens,
+    k_max, explained_variance_k ...) reruns one metric job, not the pass."""
+    projection = config["projection"] if config["projection"]["enabled"] else None
+    return pass_plan({name: config["metrics"][name] for name in METRIC_NAMES}, projection)
+
+
 def metric_table(model, corpus, metric):
     return f"{RESULTS}/metrics/{model}/{corpus}/{metric}.parquet"
 
@@ -205,6 +228,7 @@ def all_records():
     used = set(GEOMETRY_CORPORA) | set(SENTENCE_CORPORA)
     records = [f"{RESULTS}/runs/corpus/{c}.json" for c in CORPORA if c in used]
     records += [f"{RESULTS}/runs/embed/{m}__{c}.json" for m in MODELS for c in GEOMETRY_CORPORA]
+    records += [f"{RESULTS}/runs/stats/{m}__{c}.json" for m in MODELS for c in DUMP_CORPORA]
     records += [
         f"{RESULTS}/runs/metric/{m}__{c}__{name}.json" for m in MODELS for c in GEOMETRY_CORPORA for name in METRIC_NAMES
     ]

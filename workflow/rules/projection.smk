@@ -34,7 +34,7 @@ PROJECTION_RECORDS = (
 
 rule projection:
     input:
-        dump=dump_file("{model}", "{corpus}"),
+        stats=stats_file("{model}", "{corpus}"),  # moments and the seeded sample of the metrics pass
         # the clusters metric table when k comes from its maximum mean silhouette
         clusters=lambda wildcards: (
             [metric_table(wildcards.model, wildcards.corpus, "clusters")] if PROJECTION["clusters"] == "mms" else []
@@ -59,7 +59,7 @@ rule projection:
     log:
         f"{RESULTS}/logs/projection/{{model}}__{{corpus}}.log",
     shell:
-        "python -m tokenuni projection --dump {input.dump:q} --options {params.options:q} {params.clusters}"
+        "python -m tokenuni projection --dump {input.stats:q} --options {params.options:q} {params.clusters}"
         " --model {wildcards.model} --expect-model {params.model:q} --corpus {wildcards.corpus} --out {output.table:q}"
         " --threads {threads}"
         " --record {output.record:q} --job {params.job:q} 2> {log:q}"
