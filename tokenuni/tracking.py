@@ -174,7 +174,7 @@ HEADLINE_LAST_LAYER = {
 }
 #: the run-level headline metrics the study's shared runs view shows as columns, in this order
 HEADLINE_COLUMNS = ["avg_cosine_last_layer", "isoscore_last_layer", "singular_value_skewness_last_layer",
-                    "sts_spearman", "dev_main"]
+                    "token_uniformity_last_layer", "sts_spearman", "dev_main"]
 #: rule -> stage (the ``tokenuni.stage`` tag); figure rules are "figures", any other rule is its own stage
 STAGES = {"corpus": "data", "embed": "geometry", "metric": "geometry", "metrics_table": "geometry",
           "projection": "geometry", "measure": "geometry", "sentence_embed": "sts", "sts": "sts", "sts_table": "sts",
