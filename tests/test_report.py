@@ -34,7 +34,8 @@ SECTIONS = ["Findings", "Geometry", "Unsupervised STS", "Fine-tuning", "Study", 
 # ------------------------------------------------------------------------------------------ browser
 def open_in_chromium(html_file: Path, screenshot: Path, *, keep_as: str = "report.png") -> dict:
     """Load ``html_file`` (file://) in headless Debian Chromium; return its images and headings; save a
-    full-page screenshot to ``screenshot`` (and to ``$TOKENUNI_SCREENSHOTS/<keep_as>`` when set).
+    full-page screenshot to ``screenshot`` and the first screen beside it as ``<stem>_first_screen.png`` (and
+    both to ``$TOKENUNI_SCREENSHOTS``, as ``<keep_as>`` and ``<keep_as stem>_first_screen.png``, when set).
 
     Skips the test when /usr/bin/chromium or the playwright package is absent (no browser download).
     """
@@ -57,6 +58,8 @@ def open_in_chromium(html_file: Path, screenshot: Path, *, keep_as: str = "repor
             })""")
             screenshot.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(screenshot), full_page=True)
+            first_screen = screenshot.with_name(f"{screenshot.stem}_first_screen.png")
+            page.screenshot(path=str(first_screen))  # what a reader sees on opening it: the findings
         finally:
             browser.close()
     info["requests"] = requests
@@ -65,6 +68,7 @@ def open_in_chromium(html_file: Path, screenshot: Path, *, keep_as: str = "repor
         folder = Path(keep) if Path(keep).is_absolute() else REPO / keep
         folder.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(screenshot, folder / keep_as)
+        shutil.copyfile(first_screen, folder / f"{Path(keep_as).stem}_first_screen.png")
     return info
 
 
