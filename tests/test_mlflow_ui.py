@@ -136,8 +136,8 @@ def test_run_pages_show_metrics_and_the_figure(server_study, study_runs, browser
 
 def test_home_page_leads_to_the_runs_table_with_the_headline_columns(server_study, study_runs, browser, tmp_path):
     """A user opens the UI's home page, picks the study's experiment and lands on its runs table; the
-    experiment's description links to the shared view of that table with the headline metrics as columns,
-    grouped by stage (tokenuni.tracking.experiment_tags)."""
+    experiment's description links to the shared view of that table: the runs with headline values, their
+    headline metrics as columns, grouped by stage (tokenuni.tracking.experiment_tags)."""
     from mlflow.tracking import MlflowClient
 
     from tokenuni.tracking import runs_view_url
@@ -150,6 +150,7 @@ def test_home_page_leads_to_the_runs_table_with_the_headline_columns(server_stud
     assert finetune.data.metrics["dev_main"] == finetune.data.metrics["final/accuracy"]
     metric = next(run for run in runs.values() if run.data.tags["tokenuni.rule"] == "metric")
     assert "token_uniformity_last_layer" in metric.data.metrics
+    assert metric.data.tags["tokenuni.headline"] == finetune.data.tags["tokenuni.headline"] == "true"
 
     context = browser.new_context(viewport={"width": 1600, "height": 1000})
     try:
@@ -180,8 +181,9 @@ def test_home_page_leads_to_the_runs_table_with_the_headline_columns(server_stud
             runs_view_url("", experiment_id).split("#", 1)[1]), view.url
         for column in ("token_uniformity_last_layer", "dev_main"):
             view.locator("[role=columnheader]", has_text=column).first.wait_for()
-        for stage in ("geometry", "finetune", "figures"):
+        for stage in ("geometry", "finetune"):  # the runs with headline values (no figure or data runs)
             view.get_by_text(f"Group: {stage}", exact=True).first.wait_for()
+        assert view.get_by_text("Group: figures", exact=True).count() == 0
         # the metric job's value in its column (the grid cuts long numbers: compare the first digits)
         value = repr(metric.data.metrics["token_uniformity_last_layer"])[:6]
         view.get_by_text(re.compile(rf"^{re.escape(value)}")).first.wait_for()

@@ -115,7 +115,7 @@ def test_sync_opens_the_experiment_on_its_results(tmp_path):
             run.log_metric("isoscore", 0.1 * layer, step=layer)
     old = json.loads(record.read_text())  # a record written before the stage tag and headline metrics existed
     old.update(record_id="0" * 32, job_key="metric/m/c/old")
-    del old["tags"]["tokenuni.stage"]
+    del old["tags"]["tokenuni.stage"], old["tags"]["tokenuni.headline"]
     old["metrics"] = [m for m in old["metrics"] if m["key"] != "isoscore_last_layer"]
     (tmp_path / "runs" / "metric" / "old.json").write_text(json.dumps(old))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -126,10 +126,11 @@ def test_sync_opens_the_experiment_on_its_results(tmp_path):
     view = json.loads(tags[f"mlflow.sharedViewState.{RUNS_VIEW_KEY}"])
     assert view["selectedColumns"] == [f"metrics.`{name}`" for name in HEADLINE_COLUMNS]
     assert view["groupBy"]["groupByKeys"] == [{"mode": "tag", "groupByData": "tokenuni.stage"}]
+    assert view["searchFilter"] == "tags.`tokenuni.headline` = 'true'"
     link = runs_view_url("", result["experiment_id"]).lstrip("/")
     assert f"]({link})" in tags["mlflow.note.content"]
     for run in _runs(uri, "x"):
-        assert run.data.tags["tokenuni.stage"] == "geometry"
+        assert run.data.tags["tokenuni.stage"] == "geometry" and run.data.tags["tokenuni.headline"] == "true"
         assert run.data.metrics["isoscore_last_layer"] == pytest.approx(0.2)
     client.set_experiment_tag(result["experiment_id"], "mlflow.note.content", "my notes")
     sync_records([record], tracking_uri=uri, experiment="x")

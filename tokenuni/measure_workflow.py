@@ -210,10 +210,12 @@ def run_measure(model: str, texts: str, *, metrics=None, results: str | None = N
     with open(log_file, "w", encoding="utf-8") as log, subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, env=env) as process:
         reader = open(log_file, encoding="utf-8")
-        last_progress = ""
+        last_progress, partial = "", ""
         while True:
             code = process.poll()
-            for line in reader.readlines():
+            lines = (partial + reader.read()).split("\n")
+            partial = lines.pop()  # a line Snakemake is still writing
+            for line in lines:
                 match = PROGRESS.match(line.strip())
                 if match and line.strip() != last_progress:
                     last_progress = line.strip()

@@ -668,7 +668,7 @@ def finetune_findings(summary, rels: set[str]) -> list[Finding]:
             chosen = group[group["verdict"] == verdict]
             listed = ", ".join(f"{r.variant} ({difference_text(r.difference, r.difference_low, r.difference_high)})"
                                for r in chosen.itertuples())
-            parts.append(f"{verdict}: {listed or 'none'}")
+            parts.append(f"{verdict}: {listed or 'no variant'}")
         metric = group["metric"].iloc[0]
         text = (f"{model} fine-tuned on {task} ({metric} on dev, difference to the baseline with its interval) — "
                 + "; ".join(parts) + ".")
@@ -694,7 +694,7 @@ def findings(results: Path, figures: list[Figure] = ()) -> list[Finding]:
     return out
 
 
-FINDING_TITLES = {"geometry": "Geometry by layer", "sts": "Unsupervised STS: transforms against none",
+FINDING_TITLES = {"geometry": "Geometry by layer", "sts": "Unsupervised STS: transforms against no transform",
                   "finetune": "Fine-tuning: repairs against the baseline"}
 
 

@@ -31,8 +31,8 @@ What the MLflow UI opens on (:func:`headline_metrics`, :func:`stage_of`, :func:`
   before the first job, and with the single writer the jobs' runs are created after the fact);
 * the study's experiment carries ``mlflow.experimentKind = custom_model_development`` (MLflow 3 versions
   that pick the experiment page's default view from it open the runs table), a description, and a
-  shared view of the runs table (``mlflow.sharedViewState.tokenuni``: the headline columns, grouped by
-  stage), which :func:`runs_view_url` links to.
+  shared view of the runs table (``mlflow.sharedViewState.tokenuni``: the runs with headline values, tag
+  ``tokenuni.headline``, with the headline columns, grouped by stage), which :func:`runs_view_url` links to.
 
 Killed jobs and interrupted syncs (``kill -9``, the OOM killer, a lost node, Ctrl-C):
 
@@ -172,6 +172,8 @@ HEADLINE_LAST_LAYER = {
     "partition_isotropy.uncentred": "partition_isotropy_last_layer",
     "lid_mean": "lid_mean_last_layer",
 }
+#: every run-level headline metric name; a run with one of them carries the tag ``tokenuni.headline = true``
+HEADLINE_NAMES = frozenset([*HEADLINE_LAST_LAYER.values(), "sts_spearman", "dev_main"])
 #: the run-level headline metrics the study's shared runs view shows as columns, in this order
 HEADLINE_COLUMNS = ["avg_cosine_last_layer", "isoscore_last_layer", "singular_value_skewness_last_layer",
                     "token_uniformity_last_layer", "sts_spearman", "dev_main"]
@@ -230,7 +232,10 @@ def headline_metrics(rule: str, wildcards: dict, metrics: list[dict]) -> dict[st
 
 
 def runs_view(columns: list[str] = HEADLINE_COLUMNS) -> dict:
-    """The runs-table view the study's experiment shares: the headline metrics as columns, grouped by stage.
+    """The runs-table view the study's experiment shares: the runs with headline values (tag
+    ``tokenuni.headline``), the headline metrics as columns, grouped and sorted by stage (the UI loads 100 runs
+    at first: a study's figure and data runs would push results off the first page, and sorted by stage every
+    stage's columns are on it).
 
     MLflow's UI keeps a view as JSON in the experiment tag ``mlflow.sharedViewState.<key>`` and opens it from
     ``?viewStateShareKey=<key>`` (the state its "share" button stores; checked with MLflow 3.17). An MLflow
@@ -239,7 +244,8 @@ def runs_view(columns: list[str] = HEADLINE_COLUMNS) -> dict:
     return {"selectedColumns": [f"metrics.`{name}`" for name in columns],
             "groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag",
                                                                          "groupByData": "tokenuni.stage"}]},
-            "groupsExpanded": {}, "orderByKey": "attributes.start_time", "orderByAsc": False}
+            "groupsExpanded": {}, "searchFilter": "tags.`tokenuni.headline` = 'true'",
+            "orderByKey": "tags.`tokenuni.stage`", "orderByAsc": True}
 
 
 def runs_view_url(ui: str, experiment_id: str) -> str:
@@ -427,6 +433,8 @@ class JobRun:
         if exc_type is None:
             self.record["status"] = "FINISHED"
             self.log_metrics(headline_metrics(self.rule, self.wildcards, self.record["metrics"]))
+            if any(entry["key"] in HEADLINE_NAMES for entry in self.record["metrics"]):
+                self.set_tags({"tokenuni.headline": "true"})
             self._finish_live()
             self._write(self.record_path)
             self._unmark_started()
@@ -653,7 +661,8 @@ def _complete_run(client, run_id: str, record: dict, metrics: list[dict]) -> Non
 
     params = [Param(k, v) for k, v in record["params"].items()]
     entries = [Metric(m["key"], m["value"], m["timestamp"], m["step"]) for m in metrics]
-    tags = [RunTag("tokenuni.error", record["tags"]["tokenuni.error"])] if "tokenuni.error" in record["tags"] else []
+    # the tags a job sets when it ends (a live run was created with those it had when it began)
+    tags = [RunTag(key, record["tags"][key]) for key in ("tokenuni.error", "tokenuni.headline") if key in record["tags"]]
     for start in range(max(len(params) // 100, len(entries) // 899) + 1):
         batch_params, batch_metrics = params[start * 100:(start + 1) * 100], entries[start * 899:(start + 1) * 899]
         if batch_params or batch_metrics or tags:
@@ -685,6 +694,8 @@ def _import_record(client, experiment_id: str, record: dict, pause: bool = False
                if record.get("status") == "FINISHED" else {})
     when = record.get("end_time") or record["start_time"]
     metrics = record["metrics"] + [{"key": k, "value": v, "step": 0, "timestamp": when} for k, v in derived.items()]
+    if any(entry["key"] in HEADLINE_NAMES for entry in metrics):
+        tags["tokenuni.headline"] = "true"
     run = client.create_run(experiment_id, start_time=record["start_time"], tags=tags, run_name=record["job_key"])
     if pause:  # test hook (SYNC_PAUSE_ENV): stop with this run created and unfinished
         log.warning("%s: pausing the sync in the middle of importing %s (test hook)", SYNC_PAUSE_ENV,
