@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 #: the dump, seconds on a CPU); the sampled ones (clusters, lid, ...) on request
 DEFAULT_METRICS = ("spectrum", "cosine_family", "isoscore", "token_uniformity")
 #: the per-layer headline table: (metric, variant) -> column, in this order
-HEADLINE_COLUMNS = {("avg_cosine", "uncentred"): "avg_cosine", ("isoscore", ""): "isoscore",
+PER_LAYER_COLUMNS = {("avg_cosine", "uncentred"): "avg_cosine", ("isoscore", ""): "isoscore",
                     ("singular_value_skewness", "uncentred"): "sv_skewness",
                     ("effective_rank", "uncentred"): "effective_rank", ("token_uniformity", ""): "token_uniformity",
                     ("partition_isotropy", "uncentred"): "partition_isotropy", ("lid_mean", ""): "lid_mean",
@@ -122,16 +122,16 @@ def metrics_section(metrics) -> dict:
 
 
 def headline_per_layer(table: pd.DataFrame) -> pd.DataFrame:
-    """The tidy metrics table of one model and corpus as layers × headline metrics (:data:`HEADLINE_COLUMNS`:
+    """The tidy metrics table of one model and corpus as layers × headline metrics (:data:`PER_LAYER_COLUMNS`:
     the papers' variants; scalar rows only; several rows of a layer, e.g. seeds, averaged)."""
     rows = table[table["component"].isna()].copy()
     rows["variant"] = rows["variant"].fillna("").astype(str)
-    rows["column"] = [HEADLINE_COLUMNS.get((m, v)) for m, v in zip(rows["metric"], rows["variant"])]
+    rows["column"] = [PER_LAYER_COLUMNS.get((m, v)) for m, v in zip(rows["metric"], rows["variant"])]
     rows = rows[rows["column"].notna()]
     if rows.empty:
         return pd.DataFrame()
     wide = rows.pivot_table(index="layer", columns="column", values="value", aggfunc="mean")
-    return wide[[c for c in HEADLINE_COLUMNS.values() if c in wide.columns]].rename_axis(columns=None)
+    return wide[[c for c in PER_LAYER_COLUMNS.values() if c in wide.columns]].rename_axis(columns=None)
 
 
 def _texts_entry(texts, corpus: str | None, max_sentences, seed: int) -> tuple[str, dict, str | None]:
