@@ -38,10 +38,10 @@ log = logging.getLogger(__name__)
 DEFAULT_METRICS = ("spectrum", "cosine_family", "isoscore", "token_uniformity")
 #: the per-layer headline table: (metric, variant) -> column, in this order
 PER_LAYER_COLUMNS = {("avg_cosine", "uncentred"): "avg_cosine", ("isoscore", ""): "isoscore",
-                    ("singular_value_skewness", "uncentred"): "sv_skewness",
-                    ("effective_rank", "uncentred"): "effective_rank", ("token_uniformity", ""): "token_uniformity",
-                    ("partition_isotropy", "uncentred"): "partition_isotropy", ("lid_mean", ""): "lid_mean",
-                    ("mms_k", ""): "mms_k"}
+                     ("singular_value_skewness", "uncentred"): "sv_skewness",
+                     ("effective_rank", "uncentred"): "effective_rank", ("token_uniformity", ""): "token_uniformity",
+                     ("partition_isotropy", "uncentred"): "partition_isotropy", ("lid_mean", ""): "lid_mean",
+                     ("mms_k", ""): "mms_k"}
 POOLING_SHORTHANDS = {"mean": {"pool": "mean", "layers": [-1]}, "cls": {"pool": "cls", "layers": [-1]},
                       "max": {"pool": "max", "layers": [-1]}, "first_last": {"pool": "mean", "layers": [0, -1]}}
 _KEY = re.compile(r"[^A-Za-z0-9_.-]+")
