@@ -132,3 +132,62 @@ def test_run_pages_show_metrics_and_the_figure(server_study, study_runs, browser
         _screenshot(page, "mlflow_run_figure_artifact.png", tmp_path)
     finally:
         page.close()
+
+
+def test_home_page_leads_to_the_runs_table_with_the_headline_columns(server_study, study_runs, browser, tmp_path):
+    """A user opens the UI's home page, picks the study's experiment and lands on its runs table; the
+    experiment's description links to the shared view of that table: the runs with headline values, their
+    headline metrics as columns, grouped by stage (tokenuni.tracking.experiment_tags)."""
+    from mlflow.tracking import MlflowClient
+
+    from tokenuni.tracking import runs_view_url
+
+    experiment_id, runs, records = study_runs
+    tags = MlflowClient(tracking_uri=server_study["uri"]).get_experiment(experiment_id).tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+    assert {run.data.tags["tokenuni.stage"] for run in runs.values()} >= {"data", "geometry", "finetune", "figures"}
+    finetune = next(run for run in runs.values() if run.data.tags["tokenuni.rule"] == "finetune")
+    assert finetune.data.metrics["dev_main"] == finetune.data.metrics["final/accuracy"]
+    metric = next(run for run in runs.values() if run.data.tags["tokenuni.rule"] == "metric")
+    assert "token_uniformity_last_layer" in metric.data.metrics
+    assert metric.data.tags["tokenuni.headline"] == finetune.data.tags["tokenuni.headline"] == "true"
+
+    context = browser.new_context(viewport={"width": 1600, "height": 1000})
+    try:
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(f"{server_study['uri']}/")  # where `mlflow ui` / `mlflow server` opens
+        page.get_by_text("Welcome to MLflow").first.wait_for()
+        _close_assistant(page)
+        _screenshot(page, "mlflow_home.png", tmp_path)
+        # MLflow 3.17 opens experiments on its GenAI overview whatever mlflow.experimentKind says, unless its
+        # "GenAI | Model training" switch says otherwise: the one click a user makes (the README says so)
+        switch = page.get_by_text("Model training", exact=True)
+        if switch.count():
+            switch.first.click()
+        experiment = page.get_by_role("link", name=server_study["experiment"], exact=True)
+        if not experiment.count():  # not among the home page's recent experiments: the full list
+            page.get_by_role("link", name="View all").first.click()
+        experiment.first.click()
+        page.wait_for_url(re.compile(rf".*#/experiments/{experiment_id}/runs.*"))
+        job_key = next(key for key, record in records.items() if record["rule"] == "finetune")
+        page.get_by_role("link", name=job_key, exact=True).first.wait_for()  # the runs table of the study
+        # the description's link opens the shared view (a new tab, as MLflow opens description links)
+        with context.expect_page() as opened:
+            page.get_by_role("link", name="the runs table with the headline metrics, grouped by stage").first.click()
+        view = opened.value
+        view.set_default_timeout(TIMEOUT_MS)
+        assert view.url.split("&searchFilter")[0].endswith(
+            runs_view_url("", experiment_id).split("#", 1)[1]), view.url
+        for column in ("token_uniformity_last_layer", "dev_main"):
+            view.locator("[role=columnheader]", has_text=column).first.wait_for()
+        for stage in ("geometry", "finetune"):  # the runs with headline values (no figure or data runs)
+            view.get_by_text(f"Group: {stage}", exact=True).first.wait_for()
+        assert view.get_by_text("Group: figures", exact=True).count() == 0
+        # the metric job's value in its column (the grid cuts long numbers: compare the first digits)
+        value = repr(metric.data.metrics["token_uniformity_last_layer"])[:6]
+        view.get_by_text(re.compile(rf"^{re.escape(value)}")).first.wait_for()
+        _close_assistant(view)
+        _screenshot(view, "mlflow_landing.png", tmp_path)
+    finally:
+        context.close()

@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import uuid
+from html import unescape
 from pathlib import Path
 
 import pandas as pd
@@ -27,13 +28,14 @@ from tokenuni.cli import main as tokenuni
 from tokenuni.errors import TokenuniError
 from tokenuni.report import build_report, headline_table
 
-SECTIONS = ["Study", "Geometry", "Unsupervised STS", "Fine-tuning", "Config", "MLflow runs"]
+SECTIONS = ["Findings", "Geometry", "Unsupervised STS", "Fine-tuning", "Study", "Config", "MLflow runs"]
 
 
 # ------------------------------------------------------------------------------------------ browser
 def open_in_chromium(html_file: Path, screenshot: Path, *, keep_as: str = "report.png") -> dict:
     """Load ``html_file`` (file://) in headless Debian Chromium; return its images and headings; save a
-    full-page screenshot to ``screenshot`` (and to ``$TOKENUNI_SCREENSHOTS/<keep_as>`` when set).
+    full-page screenshot to ``screenshot`` and the first screen beside it as ``<stem>_first_screen.png`` (and
+    both to ``$TOKENUNI_SCREENSHOTS``, as ``<keep_as>`` and ``<keep_as stem>_first_screen.png``, when set).
 
     Skips the test when /usr/bin/chromium or the playwright package is absent (no browser download).
     """
@@ -56,6 +58,8 @@ def open_in_chromium(html_file: Path, screenshot: Path, *, keep_as: str = "repor
             })""")
             screenshot.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(screenshot), full_page=True)
+            first_screen = screenshot.with_name(f"{screenshot.stem}_first_screen.png")
+            page.screenshot(path=str(first_screen))  # what a reader sees on opening it: the findings
         finally:
             browser.close()
     info["requests"] = requests
@@ -64,6 +68,7 @@ def open_in_chromium(html_file: Path, screenshot: Path, *, keep_as: str = "repor
         folder = Path(keep) if Path(keep).is_absolute() else REPO / keep
         folder.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(screenshot, folder / keep_as)
+        shutil.copyfile(first_screen, folder / f"{Path(keep_as).stem}_first_screen.png")
     return info
 
 
@@ -75,6 +80,40 @@ def assert_renders(info: dict, n_figures: int) -> None:
     assert info["h2"] == SECTIONS
     assert info["scripts"] == 0
     assert all(url.startswith(("file:", "data:")) for url in info["requests"]), info["requests"]
+
+
+_TOKEN = re.compile(r"[^\s,;()\[\]<>]+")
+_NUMBER = re.compile(r"[-+−]?\d+(?:\.\d+)?(?:e[-+]?\d+)?")
+
+
+def _numbers(text: str) -> set[str]:
+    """The tokens of ``text`` that are numbers as printed (``0.269``, ``+1.4``, ``-0.7``, ``5``); a layer column
+    header ``L5`` counts as ``5``; identifiers with digits (``all-MiniLM-L6-v2``, ``sst2``) are not numbers."""
+    out = set()
+    for token in _TOKEN.findall(unescape(text)):
+        token = token.rstrip(".:")
+        if _NUMBER.fullmatch(token):
+            out.add(token)
+        elif re.fullmatch(r"L\d+", token):
+            out.add(token[1:])
+    return out
+
+
+def findings_and_tables(page: str) -> tuple[list[str], set[str]]:
+    """(the findings' sentences, every number in the report's tables) of a report page."""
+    section = re.search(r"<section id='findings'>(.*?)</section>", page, re.S).group(1)
+    sentences = [re.sub(r"<[^>]+>", "", item) for item in re.findall(r"<li>(.*?)</li>", section, re.S)]
+    cells = re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", page, re.S)
+    return sentences, set().union(*(_numbers(re.sub(r"<[^>]+>", " ", cell)) for cell in cells))
+
+
+def assert_findings_in_tables(page: str) -> list[str]:
+    """Every number of every findings sentence is in one of the report's tables; returns the sentences."""
+    sentences, table_numbers = findings_and_tables(page)
+    for sentence in sentences:
+        missing = _numbers(sentence) - table_numbers
+        assert not missing, f"numbers {sorted(missing)} of the finding {sentence!r} are in no table of the report"
+    return sentences
 
 
 def png_size(path: Path) -> tuple[int, int]:
@@ -250,3 +289,112 @@ def test_captions_come_from_the_snakemake_report_captions(small_study, tmp_path)
     cdf = re.search(r"<figure id='fig-figures-minilm-stsb-test-singular_value_cdf-png'>.*?</figure>", html, re.S).group(0)
     assert "Singular values &lt;per layer&gt;." in cdf
     assert "<p>Study <code>report-test</code>.</p>" in html
+
+
+# ------------------------------------------------------------------------------------------ findings
+@pytest.fixture(scope="module")
+def findings_study(tmp_path_factory) -> Path:
+    """A results tree with the three tables the findings read, with known extremes and verdicts: the metrics
+    table (two models; a centred variant that must not count), the STS scores with their summary (written by
+    the STS stage's own function), the fine-tuning summary with its Markdown (likewise), and one figure."""
+    from tokenuni.finetune.summary import summary_markdown
+    from tokenuni.metrics import normalise_tidy
+    from tokenuni.unsupervised_sts import SCORE_COLUMNS, write_summary
+
+    results = tmp_path_factory.mktemp("findings") / "results"
+    tables = results / "tables"
+    tables.mkdir(parents=True)
+    series = {("alpha", "avg_cosine", "uncentred"): [0.1, 0.31, 0.52, 0.2, 0.047],
+              ("alpha", "avg_cosine", "centred"): [0.9, 0.0, 0.0, 0.0, 0.0],
+              ("alpha", "isoscore", ""): [0.2, 0.1, 0.0512, 0.15, 0.3],
+              ("beta", "avg_cosine", "uncentred"): [0.6, 0.5, 0.4, 0.3, 0.25],
+              ("beta", "isoscore", ""): [0.11, 0.12, 0.13, 0.14, 0.1]}
+    rows = [{"model": model, "training_step": None, "corpus": "wiki", "layer": layer, "metric": metric,
+             "variant": variant, "component": None, "value": value, "spread": None, "n": 100, "sample_size": None,
+             "seed": None}
+            for (model, metric, variant), values in series.items() for layer, value in enumerate(values)]
+    normalise_tidy(pd.DataFrame(rows)).to_parquet(tables / "metrics.parquet", index=False)
+
+    spearman = {"none": (70.0, [58.0, 62.0]), "whitening": (75.0, [64.0, 66.0]), "softdecay": (50.0, [39.0, 41.0])}
+    types = {"none": "identity", "whitening": "whitening", "softdecay": "softdecay"}
+    scores = []
+    for pooling in ("cls_last", "mean_last"):
+        for transform, (single, subsets) in spearman.items():
+            shift = 0.0 if pooling == "mean_last" else -20.0
+            base = {"model": "alpha", "pooling": pooling, "layers": "6", "transform": transform,
+                    "transform_type": types[transform], "params": "{}", "fit_on": "pool:x", "fitted": "{}"}
+            scores.append({**base, "dataset": "stsb", "protocol": "all", "subset": None, "spearman": single + shift,
+                           "pearson": single, "n": 100})
+            for i, value in enumerate(subsets):
+                scores.append({**base, "dataset": "sts12", "protocol": "subset", "subset": f"s{i}",
+                               "spearman": value + shift, "pearson": value, "n": 50})
+            scores.append({**base, "dataset": "sts12", "protocol": "mean_over_subsets", "subset": None,
+                           "spearman": sum(subsets) / 2 + shift, "pearson": 0.0, "n": 100})
+            scores.append({**base, "dataset": "sts12", "protocol": "concatenated", "subset": None,
+                           "spearman": sum(subsets) / 2 + shift + 1, "pearson": 0.0, "n": 100})
+    scores = pd.DataFrame(scores).reindex(columns=SCORE_COLUMNS)
+    scores.to_parquet(tables / "sts.parquet", index=False)
+    write_summary(scores, None, tables / "sts_summary.md", tables / "sts_summary.html")
+
+    def arm(variant, verdict, difference=float("nan"), low=float("nan"), high=float("nan")):
+        return {"model": "alpha", "task": "sst2", "variant": variant, "metric": "accuracy", "seeds": 3, "mean": 0.8,
+                "sd": 0.01, "low": 0.77, "high": 0.83, "chance": 0.5, "over_chance": 0.3, "over_chance_low": 0.27,
+                "over_chance_high": 0.33, "chance_verdict": "above chance", "difference": difference,
+                "difference_low": low, "difference_high": high, "difference_seeds": 3, "verdict": verdict}
+
+    comparisons = pd.DataFrame([arm("baseline", ""), arm("softdecay", "better", 0.014, 0.007, 0.0204),
+                                arm("istar", "worse", -0.031, -0.052, -0.011),
+                                arm("fusion", "no evidence", 0.001, -0.0105, 0.012)])
+    comparisons.to_parquet(tables / "finetune_summary.parquet", index=False)
+    (tables / "finetune_summary.md").write_text(summary_markdown(
+        comparisons, pd.DataFrame(), pd.DataFrame(), pd.DataFrame({"task": ["sst2"] * 3, "seed": [0, 1, 2]}),
+        n_boot=100), encoding="utf-8")
+
+    import matplotlib.pyplot as plt
+
+    figure = results / "figures" / "avg_cosine_by_layer.png"
+    figure.parent.mkdir(parents=True)
+    plt.figure(figsize=(2, 2))
+    plt.plot(series[("alpha", "avg_cosine", "uncentred")])
+    plt.savefig(figure)
+    plt.close()
+    return results
+
+
+def test_report_opens_on_findings_whose_numbers_are_in_its_tables(findings_study):
+    out = findings_study / "report" / "index.html"
+    build_report(findings_study, {"study": "findings", "models": {}, "corpora": {}}, out)
+    page = out.read_text(encoding="utf-8")
+    # the findings first, the study's metadata after the results
+    h2 = re.findall(r"<h2>(.*?)</h2>", page)
+    assert h2 == SECTIONS
+    sentences = assert_findings_in_tables(page)
+    text = "\n".join(sentences)
+    # per model and corpus: where the average cosine (uncentred, not centred) and IsoScore peak and bottom out
+    assert ("alpha on wiki: the average cosine similarity peaks at layer 2 (0.52, most anisotropic) and bottoms "
+            "out at layer 4 (0.047).") in text
+    assert "alpha on wiki: IsoScore peaks at layer 4 (0.3, most isotropic) and bottoms out at layer 2 (0.0512)." in text
+    assert "beta on wiki: the average cosine similarity peaks at layer 0 (0.6" in text
+    # STS: the best and worst transform against none, pooling mean_last, mean over the datasets of the summary
+    assert ("alpha, pooling mean_last, mean Spearman over the STS datasets: the best transform is whitening (70), "
+            "the worst softdecay (45); with no transform (none) it is 65.") in text
+    # fine-tuning verdicts with the summary's intervals
+    assert ("alpha fine-tuned on sst2 (accuracy on dev, difference to the baseline with its interval) — better: "
+            "softdecay (+1.4 [+0.7, +2.0]); worse: istar (-3.1 [-5.2, -1.1]); no evidence: fusion (+0.1 [-1.1, +1.2])."
+            ) in text
+    # one link per sentence: to the figure behind it when the report has it, else to its table
+    links = re.findall(r"<li>.*?<a href='(#[^']+)'>(.*?)</a></li>", page)
+    assert len(links) == len(sentences) == 6
+    assert [href for href, _ in links] == ["#fig-figures-avg_cosine_by_layer-png", "#headline-table"] * 2 + [
+        "#sts", "#finetune"]
+    assert links[0][1] == "figure: average cosine similarity by layer"
+    for href, _ in links:
+        assert f"id='{href[1:]}'" in page
+
+
+def test_findings_check_catches_a_number_in_no_table():
+    page = ("<section id='findings'><ul><li>m on c: peaks at layer 3 (0.25).</li></ul></section>"
+            "<table><tr><th>L3</th></tr><tr><td>0.26</td></tr></table>")
+    with pytest.raises(AssertionError, match=r"\['0.25'\]"):
+        assert_findings_in_tables(page)
+

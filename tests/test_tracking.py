@@ -74,3 +74,64 @@ def test_live_logging_falls_back_when_the_server_is_down(tmp_path, monkeypatch):
     with JobRun(record, rule="finetune", live_tracking_uri=f"http://127.0.0.1:{free_port()}", experiment="e") as run:
         run.log_metric("train/loss", 1.0, step=1)
     assert read_record(record)["status"] == "FINISHED"  # the job still succeeds; the sync imports it later
+
+
+def test_headline_metrics_have_stable_names():
+    """A job's headline values, derived from what it logged: the last layer of the per-layer rows (also a
+    fine-tuned model's geometry), an STS job's mean Spearman over its datasets (STS12-16: mean over subsets),
+    a fine-tuning run's GLUE main metric; keys the job logged itself are left alone."""
+    from tokenuni.tracking import headline_metrics, stage_of
+
+    def entry(key, value, step=0):
+        return {"key": key, "value": value, "step": step, "timestamp": 0}
+
+    metric = [entry("avg_cosine.uncentred", 0.1 * layer, layer) for layer in (2, 0, 1)]
+    metric += [entry("avg_cosine.centred", 0.9, 2), entry("isoscore", 0.3, 2), entry("isoscore", 0.5, 1)]
+    assert headline_metrics("metric", {}, metric) == {"avg_cosine_last_layer": 0.2, "isoscore_last_layer": 0.3}
+    sts = [entry("spearman.stsb-test", 80.0), entry("pearson.stsb-test", 79.0), entry("spearman.sts12.concatenated", 1.0),
+           entry("spearman.sts12.mean_over_subsets", 70.0), entry("spearman.sts12", 50.0)]
+    assert headline_metrics("sts", {}, sts) == {"sts_spearman": 75.0}
+    finetune = [entry("final/accuracy", 0.8, 100), entry("final/accuracy", 0.7, 50), entry("train/loss", 0.1, 100),
+                entry("geometry/isoscore", 0.4, 6), entry("geometry/isoscore", 0.2, 5)]
+    assert headline_metrics("finetune", {"task": "sst2"}, finetune) == {"dev_main": 0.8, "isoscore_last_layer": 0.4}
+    assert headline_metrics("finetune", {"task": "stsb"}, [entry("final/pearson_spearman_mean", 0.77, 9)]) == {
+        "dev_main": 0.77}
+    assert headline_metrics("metric", {}, [*metric, entry("isoscore_last_layer", 1.0)]) == {"avg_cosine_last_layer": 0.2}
+    assert [stage_of(r) for r in ("corpus", "metric", "sts", "finetune_table", "figure_by_layer", "new_rule")] == [
+        "data", "geometry", "sts", "finetune", "figures", "new_rule"]
+
+
+def test_sync_opens_the_experiment_on_its_results(tmp_path):
+    """The sync's experiment carries the kind, the shared runs view and a description linking to it (a
+    description the user wrote is kept); runs carry the stage tag and the headline metrics, also when their
+    record predates them."""
+    from mlflow.tracking import MlflowClient
+
+    from tokenuni.tracking import HEADLINE_COLUMNS, RUNS_VIEW_KEY, runs_view_url
+
+    record = tmp_path / "runs" / "metric" / "m__c__isoscore.json"
+    with JobRun(record, rule="metric", wildcards={"model": "m", "corpus": "c", "metric": "isoscore"}) as run:
+        for layer in range(3):
+            run.log_metric("isoscore", 0.1 * layer, step=layer)
+    old = json.loads(record.read_text())  # a record written before the stage tag and headline metrics existed
+    old.update(record_id="0" * 32, job_key="metric/m/c/old")
+    del old["tags"]["tokenuni.stage"], old["tags"]["tokenuni.headline"]
+    old["metrics"] = [m for m in old["metrics"] if m["key"] != "isoscore_last_layer"]
+    (tmp_path / "runs" / "metric" / "old.json").write_text(json.dumps(old))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = sync_records(sorted((tmp_path / "runs" / "metric").glob("*.json")), tracking_uri=uri, experiment="x")
+    client = MlflowClient(tracking_uri=uri)
+    tags = client.get_experiment(result["experiment_id"]).tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+    view = json.loads(tags[f"mlflow.sharedViewState.{RUNS_VIEW_KEY}"])
+    assert view["selectedColumns"] == [f"metrics.`{name}`" for name in HEADLINE_COLUMNS]
+    assert view["groupBy"]["groupByKeys"] == [{"mode": "tag", "groupByData": "tokenuni.stage"}]
+    assert view["searchFilter"] == "tags.`tokenuni.headline` = 'true'"
+    link = runs_view_url("", result["experiment_id"]).lstrip("/")
+    assert f"]({link})" in tags["mlflow.note.content"]
+    for run in _runs(uri, "x"):
+        assert run.data.tags["tokenuni.stage"] == "geometry" and run.data.tags["tokenuni.headline"] == "true"
+        assert run.data.metrics["isoscore_last_layer"] == pytest.approx(0.2)
+    client.set_experiment_tag(result["experiment_id"], "mlflow.note.content", "my notes")
+    sync_records([record], tracking_uri=uri, experiment="x")
+    assert client.get_experiment(result["experiment_id"]).tags["mlflow.note.content"] == "my notes"

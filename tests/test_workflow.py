@@ -135,6 +135,17 @@ def test_html_report_is_the_last_step_and_opens_in_chromium(study, tmp_path):
     assert len(figures) >= len(list((results / "figures").rglob("*.png"))) > 0
     assert_renders(open_in_chromium(report, tmp_path / "study_report.png", keep_as="study_report.png"),
                    n_figures=len(figures))
+    # the report opens on findings: every number of them is in one of its tables; each part of the study says
+    # something (per model and corpus the layer extremes, per model the STS transforms, the fine-tuning verdicts)
+    from test_report import assert_findings_in_tables
+
+    sentences = assert_findings_in_tables(html)
+    for model in ("minilm", "mpnet"):
+        for corpus in ("stsb-test", "wikitext"):
+            assert any(s.startswith(f"{model} on {corpus}: the average cosine similarity peaks at layer") for s in sentences)
+            assert any(s.startswith(f"{model} on {corpus}: IsoScore peaks at layer") for s in sentences)
+        assert any(s.startswith(f"{model}, pooling mean_last, mean Spearman") for s in sentences)
+    assert any(s.startswith("minilm fine-tuned on sst2 (accuracy on dev") for s in sentences)
 
 
 def test_one_mlflow_run_per_job(study):

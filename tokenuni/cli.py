@@ -192,12 +192,9 @@ def cmd_metric(args) -> None:
         if run:
             run.set_tags({"tokenuni.device": str(device)})
             run.log_input(args.stats or args.dump, context="stats" if args.stats else "dump")
-            scalars = table[table["component"].isna()]
-            for row in scalars.itertuples():
-                key = row.metric + (f".{row.variant}" if row.variant else "")
-                run.log_metric(key, row.value, step=row.layer)
-                if pd.notna(row.spread):
-                    run.log_metric(f"{key}.spread", row.spread, step=row.layer)
+            from tokenuni.tracking import log_tidy_metrics
+
+            log_tidy_metrics(run, table)  # <row>[.<variant>] with step = layer: the headline metrics read these
             sampled = table[table["sample_size"].notna()].drop_duplicates("metric")
             run.log_params({f"sampling.{row.metric}": {"sample_size": int(row.sample_size),  # the size used
                                                        "seed": None if pd.isna(row.seed) else int(row.seed),
@@ -515,6 +512,19 @@ def cmd_tiny_models(args) -> None:
         print(f"{family}: {path}")
 
 
+def cmd_measure(args) -> None:
+    import shlex
+
+    from tokenuni.measure_workflow import run_measure
+
+    code = run_measure(args.model, args.texts, metrics=args.metrics, results=args.results, cores=args.cores,
+                       text_format=args.format, max_sentences=args.max_sentences, seed=args.seed,
+                       batch_size=args.batch_size, max_length=args.max_length,
+                       snakemake_args=shlex.split(args.snakemake_args or ""))
+    if code:
+        sys.exit(code)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tokenuni", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -525,6 +535,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("configfile", type=Path)
     p.add_argument("--no-hub-probe", action="store_true", help="treat the hub as reachable")
     p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("measure", help="one model on one text file: the workflow's geometry, the per-layer table, "
+                                       "figure, report and MLflow runs (tokenuni/measure_workflow.py)")
+    p.add_argument("model", help="hub id (org/name, or org/name@revision) or a local model folder")
+    p.add_argument("texts", help="a text file (one text per line), a YAML file with one corpus entry, or a corpus "
+                                 "key of config/config.yaml (wikitext, stsb-test, ...)")
+    p.add_argument("--metrics", default=None, help="comma-separated metric names (default: spectrum,cosine_family,"
+                                                    "isoscore,token_uniformity; e.g. add clusters,lid)")
+    p.add_argument("--results", default=None, help="the results folder (default: results/measure/<model>--<texts>)")
+    p.add_argument("--cores", type=int, default=None, help="Snakemake cores (default: all)")
+    p.add_argument("--format", default="lines", help="mirror format of a text file (lines, wikitext, ...)")
+    p.add_argument("--max-sentences", type=int, default=None, help="a seeded sample of this many sentences")
+    p.add_argument("--seed", type=int, default=0, help="seed of that sample")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--max-length", type=int, default=None, help="tokens per text (longer ones are truncated)")
+    p.add_argument("--snakemake-args", default=None, help='more Snakemake options, e.g. "--dry-run"')
+    p.set_defaults(func=cmd_measure)
 
     p = sub.add_parser("corpus", help="import a corpus (mirror or hub) into normalised Parquet")
     p.add_argument("--spec", type=_json, required=True, help="the corpus's config entry, with its name")

@@ -558,7 +558,9 @@ def load_examples(spec: dict, mirror_root: str | Path | None) -> tuple[list[Exam
     """The examples of the corpus described by ``spec`` (a config ``corpora`` entry plus ``name``), every
     row checked, empty texts dropped (``drop_empty``), sampled (``max_sentences``), and their summary.
 
-    The mirror is used when it is set and holds every listed file; otherwise the hub entry. A text
+    The mirror is used when it is set and holds every listed file; otherwise the hub entry. A ``texts`` key
+    (a list of strings, not a config key: :func:`tokenuni.measure` in a notebook) is read instead of both, one
+    sentence per string, checked and sampled as a file's lines would be. A text
     without visible characters (:func:`has_visible_text`) counts as empty. This is everything
     :func:`import_corpus` does short of writing, so ``tokenuni check`` runs it too.
     """
@@ -568,7 +570,11 @@ def load_examples(spec: dict, mirror_root: str | Path | None) -> tuple[list[Exam
     mirror_root = mirror_root or None
     files: list[dict] = []
     skipped: dict[str, int] = {}
-    if corpus_uses_mirror(spec, mirror_root):
+    if spec.get("texts") is not None:  # in-memory texts (tokenuni.measure in a notebook), not a config entry
+        examples = [Example((str(text),), subset=name, where=f"texts[{index}]", fields=("text",))
+                    for index, text in enumerate(spec["texts"])]
+        source = "texts"
+    elif corpus_uses_mirror(spec, mirror_root):
         mirror = spec["mirror"]
         examples = read_mirror(mirror["format"], mirror["files"], mirror_root, mirror.get("options"), skipped)
         source = f"mirror:{mirror['format']}"

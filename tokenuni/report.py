@@ -7,9 +7,11 @@ to a list of figures — and skips a missing optional part with a note in the re
 
 Sections:
 
-* **Study** – study name, models (key, hub id, revision, training step), corpora (source, sentences
-  imported), jobs per rule (from the run records, failed jobs counted apart), git commit(s) of the
-  jobs, the time span of the jobs and the build date.
+* **Findings** – a summary in words with the numbers, generated from the tables below (:func:`findings`):
+  per model and corpus, the layers where the average cosine and IsoScore peak and bottom out; per model,
+  the best and the worst STS transform against no transform; per fine-tuned model and task, which repairs
+  were better, worse or gave no evidence against the baseline, with their intervals. Each sentence links
+  to the figure behind it, and every number in it is in one of the report's tables.
 * **Geometry** – the ``<row>_by_layer`` figures (headline metrics first: average cosine, skewness of
   the normalised singular values, IsoScore, I(V), LID, MMS k, token uniformity, …), other study-wide
   figures, per-(model, corpus) figures (singular-value CDFs, token projections, …), and a per-layer
@@ -17,8 +19,12 @@ Sections:
   metric, variant; columns: layers; 3 significant digits).
 * **Unsupervised STS** – ``tables/sts_summary.html`` (or ``.md``) and the STS figures.
 * **Fine-tuning** – ``tables/finetune_summary.md`` and the fine-tuning figures.
+* **Study** – study name, models (key, hub id, revision, training step), corpora (source, sentences
+  imported), jobs per rule (from the run records, failed jobs counted apart), git commit(s) of the
+  jobs, the time span of the jobs and the build date.
 * **Config** – the exact YAML file(s) that produced the study.
-* **MLflow** – tracking URI, experiment and one row per job: rule, wildcards, status, run id.
+* **MLflow** – tracking URI, experiment, the link to its runs table with the headline metrics, and one
+  row per job: rule, wildcards, status, run id.
 
 Run ids come from the MLflow sync's output (``mlflow/sync.json``: ``{"runs": {record_id: run_id}}``,
 see :func:`tokenuni.tracking.sync_records`); each figure is linked to the run of the job that logged
@@ -392,6 +398,11 @@ def png_width(data: bytes) -> int:
     return int.from_bytes(data[16:20], "big") if data[:8] == b"\x89PNG\r\n\x1a\n" else 0
 
 
+def figure_anchor(rel: str) -> str:
+    """The id of the report's ``<figure>`` of the PNG at ``rel`` (relative to results/)."""
+    return "fig-" + re.sub(r"[^A-Za-z0-9_-]+", "-", rel)
+
+
 def _figure_html(figure: Figure, anchor_of) -> str:
     raw = figure.path.read_bytes()
     data = base64.b64encode(raw).decode("ascii")
@@ -404,7 +415,7 @@ def _figure_html(figure: Figure, anchor_of) -> str:
         else:
             meta.append(f"job <a href='#{anchor_of(figure.record)}'>{job}</a> (not yet in MLflow)")
     caption = figure.caption_html
-    return (f"<figure id='fig-{_e(re.sub(r'[^A-Za-z0-9_-]+', '-', figure.rel))}'{wide}>"
+    return (f"<figure id='{_e(figure_anchor(figure.rel))}'{wide}>"
             f"<img src='data:image/png;base64,{data}' alt='{_e(figure.title)}' loading='eager'>"
             f"<figcaption><strong>{_e(figure.title)}</strong>{caption}<span class='meta'>{' · '.join(meta)}</span>"
             f"</figcaption></figure>")
@@ -541,10 +552,163 @@ def _metrics_table_html(study: Study) -> str:
              _e(v or "–"), *[_format_value(x) for x in values]]
             for (m, c, metric, v), values in zip(pivot.index, pivot.to_numpy(dtype=float).tolist())]
     header = ["model", "corpus", "metric", "variant", *[f"L{layer}" for layer in layers]]
-    return ("<h3>Headline metrics per layer</h3>"
+    return ("<h3 id='headline-table'>Headline metrics per layer</h3>"
             f"<p>From <code>tables/{path.name}</code>; 3 significant digits; L0 = embedding output, Li = output of "
             "block i; the mean over seeds and sample sizes where a layer has several rows.</p>"
             + _table(header, rows, numeric=set(range(4, 4 + len(layers)))))
+
+
+# ------------------------------------------------------------------------------------------ findings
+@dataclass
+class Finding:
+    """One generated sentence of the findings: its text (numbers as the report's tables print them), the
+    report's table that holds them, and the figure (or table) behind it."""
+
+    section: str  # geometry | sts | finetune
+    text: str
+    href: str  # "#<anchor>" in the report
+    link: str  # the link's words
+
+
+#: per-layer extremes stated in the findings: (metric, variant, name in the sentence, what its peak means)
+EXTREMES = [("avg_cosine", "uncentred", "the average cosine similarity", "most anisotropic"),
+            ("isoscore", "", "IsoScore", "most isotropic")]
+
+
+def _read_any(results: Path, stem: str):
+    """``tables/<stem>.parquet`` (or ``.tsv``) as a data frame, or None when neither is there or readable."""
+    from tokenuni.tables import read_table
+
+    for suffix in (".parquet", ".tsv"):
+        path = results / "tables" / f"{stem}{suffix}"
+        if path.is_file():
+            try:
+                return read_table(path)
+            except Exception as error:  # a damaged table: the findings say nothing about it, the note says why
+                log.warning("report: %s not readable for the findings (%s)", path, error)
+                return None
+    return None
+
+
+def _figure_link(rels: set[str], rel: str, fallback: str, what: str) -> tuple[str, str]:
+    return (f"#{figure_anchor(rel)}", f"figure: {what}") if rel in rels else (fallback, "table")
+
+
+def geometry_findings(table, rels: set[str]) -> list[Finding]:
+    """Per (model, corpus): the layers where the average cosine and IsoScore peak and bottom out, with their
+    values as the per-layer table prints them (3 significant digits)."""
+    pivot = headline_table(table, [metric for metric, _, _, _ in EXTREMES])
+    out = []
+    for model, corpus in dict.fromkeys((model, corpus) for model, corpus, _, _ in pivot.index):
+        for metric, variant, name, peak_means in EXTREMES:
+            if (model, corpus, metric, variant) not in pivot.index:
+                continue
+            values = pivot.loc[(model, corpus, metric, variant)].dropna()
+            if len(values) < 2:
+                continue
+            top, bottom = int(values.idxmax()), int(values.idxmin())
+            text = (f"{model} on {corpus}: {name} peaks at layer {top} ({_format_value(values[top])}, {peak_means}) "
+                    f"and bottoms out at layer {bottom} ({_format_value(values[bottom])}).")
+            href, link = _figure_link(rels, f"figures/{metric}_by_layer.png", "#headline-table",
+                                      f"{_metric_label(metric)} by layer")
+            out.append(Finding("geometry", text, href, link))
+    return out
+
+
+def sts_findings(scores, rels: set[str]) -> list[Finding]:
+    """Per model (pooling ``mean_last`` where the study has it, else its first): the best and the worst
+    transform against no transform (the identity), by the mean Spearman over the STS datasets of the STS
+    summary (STS12–16 as the mean over their subsets), as its table prints it."""
+    from tokenuni.unsupervised_sts import summary_tables
+
+    wide = summary_tables(scores)["spearman_mean_over_subsets"]
+    identity = set(scores.loc[scores["transform_type"] == "identity", "transform"]) if "transform_type" in scores \
+        else {"none"}
+    out = []
+    for model in dict.fromkeys(wide.index.get_level_values("model")):
+        rows = wide.loc[model]
+        poolings = list(dict.fromkeys(rows.index.get_level_values("pooling")))
+        pooling = "mean_last" if "mean_last" in poolings else poolings[0]
+        means = rows.loc[pooling]["mean"].dropna()
+        baseline = [t for t in means.index if t in identity]
+        if means.empty:
+            continue
+        best, worst = means.idxmax(), means.idxmin()
+
+        def value(name):
+            return f"{means[name]:.4g}"  # as tables/sts_summary.html prints it
+
+        if baseline:
+            none = baseline[0]
+            against = f"; with no transform ({none}) it is {value(none)}"
+            if best == none:
+                head = f"no transform is best ({none}, {value(none)}); the worst is {worst} ({value(worst)})"
+                against = ""
+            else:
+                head = f"the best transform is {best} ({value(best)}), the worst {worst} ({value(worst)})"
+        else:
+            head = f"the best transform is {best} ({value(best)}), the worst {worst} ({value(worst)})"
+            against = "; the study has no identity transform to compare with"
+        text = f"{model}, pooling {pooling}, mean Spearman over the STS datasets: {head}{against}."
+        href, link = _figure_link(rels, f"figures/sts/{pooling}/scores.png", "#sts", f"STS scores, {pooling}")
+        out.append(Finding("sts", text, href, link))
+    return out
+
+
+def finetune_findings(summary, rels: set[str]) -> list[Finding]:
+    """Per (model, task): which variants were better, worse or gave no evidence against the baseline, with
+    the difference and its interval as the fine-tuning summary's table prints them."""
+    from tokenuni.finetune.summary import difference_text
+
+    out = []
+    compared = summary[summary["verdict"].isin(["better", "worse", "no evidence"])]
+    for (model, task), group in compared.groupby(["model", "task"], sort=False):
+        parts = []
+        for verdict in ("better", "worse", "no evidence"):
+            chosen = group[group["verdict"] == verdict]
+            listed = ", ".join(f"{r.variant} ({difference_text(r.difference, r.difference_low, r.difference_high)})"
+                               for r in chosen.itertuples())
+            parts.append(f"{verdict}: {listed or 'no variant'}")
+        metric = group["metric"].iloc[0]
+        text = (f"{model} fine-tuned on {task} ({metric} on dev, difference to the baseline with its interval) — "
+                + "; ".join(parts) + ".")
+        href, link = _figure_link(rels, "figures/finetune/scores.png", "#finetune", "fine-tuning scores")
+        out.append(Finding("finetune", text, href, link))
+    return out
+
+
+def findings(results: Path, figures: list[Figure] = ()) -> list[Finding]:
+    """The report's opening summary, generated from ``results/tables`` (see the module docstring); parts
+    whose table is missing are left out."""
+    rels = {figure.rel for figure in figures}
+    out = []
+    metrics = _read_any(results, "metrics")
+    if metrics is not None and {"metric", "component", "layer"} <= set(metrics.columns):
+        out += geometry_findings(metrics, rels)
+    scores = _read_any(results, "sts")
+    if scores is not None and len(scores):
+        out += sts_findings(scores, rels)
+    summary = _read_any(results, "finetune_summary")
+    if summary is not None and len(summary) and "verdict" in summary:
+        out += finetune_findings(summary, rels)
+    return out
+
+
+FINDING_TITLES = {"geometry": "Geometry by layer", "sts": "Unsupervised STS: transforms against no transform",
+                  "finetune": "Fine-tuning: repairs against the baseline"}
+
+
+def _findings_html(items: list[Finding]) -> str:
+    if not items:
+        return "<p class='note'>No tables to summarise yet (tables/metrics, sts, finetune_summary).</p>"
+    out = ["<p>Generated from the study's tables: every number below is in one of the report's tables, and each "
+           "sentence links to the figure behind it.</p>"]
+    for section, title in FINDING_TITLES.items():
+        chosen = [f for f in items if f.section == section]
+        if chosen:
+            out.append(f"<h3>{_e(title)}</h3><ul class='findings'>" + "".join(
+                f"<li>{_e(f.text)} <a href='{_e(f.href)}'>{_e(f.link)}</a></li>" for f in chosen) + "</ul>")
+    return "".join(out)
 
 
 def _embedded_html_body(path: Path) -> str:
@@ -585,6 +749,11 @@ def _mlflow_section(study: Study, anchor_of) -> str:
     if uri.startswith("sqlite"):
         out.append(f"<p>Browse the runs with <code>mlflow ui --backend-store-uri {_e(uri)}</code>; the run ids "
                    f"below then link to {_e(MLFLOW_UI)}.</p>")
+    if experiment_id:
+        from tokenuni.tracking import runs_view_url
+
+        out.append(f"<p><a href='{_e(runs_view_url(ui, experiment_id))}'>The runs table with the headline metrics"
+                   "</a>, grouped by stage.</p>")
     rows, ids = [], []
     for record in sorted(study.records, key=lambda r: (r.get("rule", ""), r.get("job_key", ""), r.get("start_time") or 0)):
         run_id = mapping.get(record["record_id"])
@@ -659,9 +828,14 @@ def build_report(results_dir, config, out_html, *, run_records_dir=None, sync_fi
                       f"<pre>{_e(yaml.safe_dump(parsed, sort_keys=False, allow_unicode=True))}</pre></details>"))
     mlflow_html = _mlflow_section(study, anchor_of)
 
-    sections = [("study", "Study", study_html), ("geometry", "Geometry", geometry), ("sts", "Unsupervised STS", sts),
-                ("finetune", "Fine-tuning", finetune), ("config", "Config", config_html),
-                ("mlflow", "MLflow runs", mlflow_html)]
+    try:
+        findings_html = _findings_html(findings(results, figures))
+    except Exception as error:  # a summary that cannot be generated must not cost the report
+        log.exception("report: the findings could not be generated")
+        findings_html = f"<p class='note'>The findings could not be generated ({_e(error)}).</p>"
+    sections = [("findings", "Findings", findings_html), ("geometry", "Geometry", geometry),
+                ("sts", "Unsupervised STS", sts), ("finetune", "Fine-tuning", finetune),
+                ("study", "Study", study_html), ("config", "Config", config_html), ("mlflow", "MLflow runs", mlflow_html)]
     nav = "".join(f"<a href='#{key}'>{_e(title)}</a>" for key, title, _ in sections)
     body = "".join(f"<section id='{key}'><h2>{_e(title)}</h2>{_notes_html(study, key)}{content}</section>"
                    for key, title, content in sections)

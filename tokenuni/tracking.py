@@ -19,6 +19,21 @@ Tags on every run: ``tokenuni.rule``, ``tokenuni.wildcard.<name>``, ``tokenuni.j
 Per-layer metrics are logged with ``step = layer``. Dumps are recorded as dataset inputs
 (path, size, sha256), never copied; small outputs (tables, figures) are artifacts.
 
+What the MLflow UI opens on (:func:`headline_metrics`, :func:`stage_of`, :func:`experiment_tags`):
+
+* every run also logs its headline values as run-level metrics with stable names, derived from what
+  the job logged when it finishes (``avg_cosine_last_layer``, ``isoscore_last_layer``,
+  ``singular_value_skewness_last_layer``, …; ``sts_spearman``: the mean Spearman × 100 over the job's
+  STS datasets; ``dev_main``: a fine-tuning run's GLUE main metric on dev), so the runs table can show
+  them as columns;
+* every run carries the tag ``tokenuni.stage`` (data, geometry, sts, finetune, figures), which the
+  runs table's "Group by" folds the study by (tags, not nested runs: a parent run would have to exist
+  before the first job, and with the single writer the jobs' runs are created after the fact);
+* the study's experiment carries ``mlflow.experimentKind = custom_model_development`` (MLflow 3 versions
+  that pick the experiment page's default view from it open the runs table), a description, and a
+  shared view of the runs table (``mlflow.sharedViewState.tokenuni``: the runs with headline values, tag
+  ``tokenuni.headline``, with the headline columns, grouped by stage), which :func:`runs_view_url` links to.
+
 Killed jobs and interrupted syncs (``kill -9``, the OOM killer, a lost node, Ctrl-C):
 
 * A job that raises writes a FAILED record to ``runs/failed/`` (KILLED on KeyboardInterrupt). A job
@@ -146,6 +161,111 @@ def package_versions() -> dict[str, str]:
     return library_versions()
 
 
+#: per-layer rows (logged with step = layer, key ``<row>[.<variant>]``) whose last layer is a headline run metric
+#: ``<row>_last_layer``; the variant is the papers' headline one
+HEADLINE_LAST_LAYER = {
+    "avg_cosine.uncentred": "avg_cosine_last_layer",
+    "isoscore": "isoscore_last_layer",
+    "singular_value_skewness.uncentred": "singular_value_skewness_last_layer",
+    "effective_rank.uncentred": "effective_rank_last_layer",
+    "token_uniformity": "token_uniformity_last_layer",
+    "partition_isotropy.uncentred": "partition_isotropy_last_layer",
+    "lid_mean": "lid_mean_last_layer",
+}
+#: every run-level headline metric name; a run with one of them carries the tag ``tokenuni.headline = true``
+HEADLINE_NAMES = frozenset([*HEADLINE_LAST_LAYER.values(), "sts_spearman", "dev_main"])
+#: the run-level headline metrics the study's shared runs view shows as columns, in this order
+HEADLINE_COLUMNS = ["avg_cosine_last_layer", "isoscore_last_layer", "singular_value_skewness_last_layer",
+                    "token_uniformity_last_layer", "sts_spearman", "dev_main"]
+#: rule -> stage (the ``tokenuni.stage`` tag); figure rules are "figures", any other rule is its own stage
+STAGES = {"corpus": "data", "embed": "geometry", "metric": "geometry", "metrics_table": "geometry",
+          "projection": "geometry", "measure": "geometry", "sentence_embed": "sts", "sts": "sts", "sts_table": "sts",
+          "finetune": "finetune", "finetune_table": "finetune"}
+#: the key of the shared runs-table view in the experiment's tags (``mlflow.sharedViewState.<key>``)
+RUNS_VIEW_KEY = "tokenuni"
+
+
+def stage_of(rule: str) -> str:
+    """The study stage a rule belongs to (data, geometry, sts, finetune, figures), for the UI's "Group by"."""
+    if rule in STAGES:
+        return STAGES[rule]
+    return "figures" if rule.startswith(("figure", "projection_figure")) else rule
+
+
+def headline_metrics(rule: str, wildcards: dict, metrics: list[dict]) -> dict[str, float]:
+    """The run-level headline metrics a job's logged ``metrics`` (record entries) imply, under stable names.
+
+    * ``<row>_last_layer`` (:data:`HEADLINE_LAST_LAYER`): the value at the largest step of a per-layer key,
+      also under a fine-tuning run's ``geometry/`` prefix (its fine-tuned model's dev-set geometry);
+    * ``sts_spearman``: the mean over the job's STS datasets of Spearman × 100 (``spearman.<dataset>``; for
+      STS12–16 the mean over subsets), the "mean" column of ``tables/sts_summary.md``;
+    * ``dev_main``: a fine-tuning run's final dev value of its task's GLUE main metric (``final/<metric>``).
+
+    Keys the job logged itself are not derived again.
+    """
+    last: dict[str, tuple[int, float]] = {}
+    for entry in metrics:
+        key = entry["key"].removeprefix("geometry/")
+        if key in HEADLINE_LAST_LAYER and (key not in last or entry["step"] >= last[key][0]):
+            last[key] = (entry["step"], entry["value"])
+    out = {HEADLINE_LAST_LAYER[key]: value for key, (_, value) in last.items()}
+    spearman: dict[str, float] = {}
+    for entry in metrics:
+        parts = entry["key"].split(".")
+        if parts[0] == "spearman" and len(parts) == 2:
+            spearman.setdefault(parts[1], entry["value"])
+    for entry in metrics:  # a dataset of several subsets: the mean over subsets, as the tokenUni table
+        parts = entry["key"].split(".")
+        if parts[0] == "spearman" and len(parts) == 3 and parts[2] == "mean_over_subsets":
+            spearman[parts[1]] = entry["value"]
+    if spearman:
+        out["sts_spearman"] = sum(spearman.values()) / len(spearman)
+    if rule == "finetune" and wildcards.get("task"):
+        from tokenuni.glue import GLUE_TASKS
+
+        main = (GLUE_TASKS.get(wildcards["task"]) or {}).get("main_metric")
+        finals = [entry for entry in metrics if entry["key"] == f"final/{main}"]
+        if finals:
+            out["dev_main"] = max(finals, key=lambda entry: entry["step"])["value"]
+    logged = {entry["key"] for entry in metrics}
+    return {key: float(value) for key, value in out.items() if key not in logged}
+
+
+def runs_view(columns: list[str] = HEADLINE_COLUMNS) -> dict:
+    """The runs-table view the study's experiment shares: the runs with headline values (tag
+    ``tokenuni.headline``), the headline metrics as columns, grouped and sorted by stage (the UI loads 100 runs
+    at first: a study's figure and data runs would push results off the first page, and sorted by stage every
+    stage's columns are on it).
+
+    MLflow's UI keeps a view as JSON in the experiment tag ``mlflow.sharedViewState.<key>`` and opens it from
+    ``?viewStateShareKey=<key>`` (the state its "share" button stores; checked with MLflow 3.17). An MLflow
+    that reads it differently shows its default runs table instead.
+    """
+    return {"selectedColumns": [f"metrics.`{name}`" for name in columns],
+            "groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag",
+                                                                         "groupByData": "tokenuni.stage"}]},
+            "groupsExpanded": {}, "searchFilter": "tags.`tokenuni.headline` = 'true'",
+            "orderByKey": "tags.`tokenuni.stage`", "orderByAsc": True}
+
+
+def runs_view_url(ui: str, experiment_id: str) -> str:
+    """The address of the study's runs table with the headline columns, grouped by stage, in the MLflow UI at
+    ``ui`` (``http://127.0.0.1:5000``). ``workflowType=machine_learning``: MLflow 3.17 opens experiments on
+    its GenAI overview unless the UI's "Model training" switch (or this parameter) says otherwise."""
+    return (f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+            f"&viewStateShareKey={RUNS_VIEW_KEY}")
+
+
+def experiment_tags(experiment_id: str) -> dict[str, str]:
+    """The tags that make the UI open the study's experiment on its results (see the module docstring)."""
+    link = runs_view_url("", experiment_id).lstrip("/")
+    return {"mlflow.experimentKind": "custom_model_development",
+            f"mlflow.sharedViewState.{RUNS_VIEW_KEY}": json.dumps(runs_view()),
+            "mlflow.note.content": f"tokenuni study. Results: [the runs table with the headline metrics, grouped by "
+                                   f"stage]({link}) (columns {', '.join(HEADLINE_COLUMNS)}; group by the tag "
+                                   "tokenuni.stage)."}
+
+
 class JobRun:
     """Collects one job's MLflow run and writes its run record when the job ends.
 
@@ -175,6 +295,7 @@ class JobRun:
             "end_time": None,
             "tags": {
                 "tokenuni.rule": rule,
+                "tokenuni.stage": stage_of(rule),
                 "tokenuni.job_key": self.job_key,
                 "tokenuni.config_digest": digest(self.params),
                 "mlflow.source.git.commit": commit,
@@ -311,6 +432,9 @@ class JobRun:
         self.record["end_time"] = _now_ms()
         if exc_type is None:
             self.record["status"] = "FINISHED"
+            self.log_metrics(headline_metrics(self.rule, self.wildcards, self.record["metrics"]))
+            if any(entry["key"] in HEADLINE_NAMES for entry in self.record["metrics"]):
+                self.set_tags({"tokenuni.headline": "true"})
             self._finish_live()
             self._write(self.record_path)
             self._unmark_started()
@@ -324,6 +448,18 @@ class JobRun:
             self._unmark_started()
         except OSError:  # a full disk must not hide the original error
             log.exception("could not write the failed run record %s", failed)
+
+
+def log_tidy_metrics(run: JobRun, table) -> None:
+    """Log a tidy metrics table's scalar rows as ``<metric>[.<variant>]`` with ``step = layer`` (and the spread
+    of a sampled value as ``<key>.spread``), as the workflow's metric jobs do."""
+    import pandas as pd
+
+    for row in table[table["component"].isna()].itertuples():
+        key = row.metric + (f".{row.variant}" if row.variant else "")
+        run.log_metric(key, row.value, step=row.layer)
+        if pd.notna(row.spread):
+            run.log_metric(f"{key}.spread", row.spread, step=row.layer)
 
 
 def _job_file(job_key: str) -> str:
@@ -487,13 +623,20 @@ def _batched(items: list, size: int) -> Iterable[list]:
 
 
 def _get_experiment(client, name: str, artifact_location: str | None) -> str:
+    """The id of experiment ``name`` (created if missing), with the tags that open the UI on its results
+    (:func:`experiment_tags`; a description the user wrote in the UI is kept)."""
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    try:
-        return client.create_experiment(name, artifact_location=artifact_location)
-    except Exception:  # created concurrently by another sync
-        return client.get_experiment_by_name(name).experiment_id
+    if experiment is None:
+        try:
+            client.create_experiment(name, artifact_location=artifact_location)
+        except Exception:  # created concurrently by another sync
+            pass
+        experiment = client.get_experiment_by_name(name)
+    tags = experiment.tags or {}
+    for key, value in experiment_tags(experiment.experiment_id).items():
+        if key not in tags or (tags[key] != value and key != "mlflow.note.content"):
+            client.set_experiment_tag(experiment.experiment_id, key, value)
+    return experiment.experiment_id
 
 
 def _existing_runs(client, experiment_id: str) -> dict[str, object]:
@@ -518,7 +661,8 @@ def _complete_run(client, run_id: str, record: dict, metrics: list[dict]) -> Non
 
     params = [Param(k, v) for k, v in record["params"].items()]
     entries = [Metric(m["key"], m["value"], m["timestamp"], m["step"]) for m in metrics]
-    tags = [RunTag("tokenuni.error", record["tags"]["tokenuni.error"])] if "tokenuni.error" in record["tags"] else []
+    # the tags a job sets when it ends (a live run was created with those it had when it began)
+    tags = [RunTag(key, record["tags"][key]) for key in ("tokenuni.error", "tokenuni.headline") if key in record["tags"]]
     for start in range(max(len(params) // 100, len(entries) // 899) + 1):
         batch_params, batch_metrics = params[start * 100:(start + 1) * 100], entries[start * 899:(start + 1) * 899]
         if batch_params or batch_metrics or tags:
@@ -543,13 +687,21 @@ def _complete_run(client, run_id: str, record: dict, metrics: list[dict]) -> Non
 
 
 def _import_record(client, experiment_id: str, record: dict, pause: bool = False) -> str:
-    tags = {**record["tags"], "tokenuni.record_id": record["record_id"], "mlflow.runName": record["job_key"]}
+    # records written before the stage tag and the headline metrics existed get them here (derived from the record)
+    tags = {"tokenuni.stage": stage_of(record.get("rule", "")), **record["tags"],
+            "tokenuni.record_id": record["record_id"], "mlflow.runName": record["job_key"]}
+    derived = (headline_metrics(record.get("rule", ""), record.get("wildcards", {}), record["metrics"])
+               if record.get("status") == "FINISHED" else {})
+    when = record.get("end_time") or record["start_time"]
+    metrics = record["metrics"] + [{"key": k, "value": v, "step": 0, "timestamp": when} for k, v in derived.items()]
+    if any(entry["key"] in HEADLINE_NAMES for entry in metrics):
+        tags["tokenuni.headline"] = "true"
     run = client.create_run(experiment_id, start_time=record["start_time"], tags=tags, run_name=record["job_key"])
     if pause:  # test hook (SYNC_PAUSE_ENV): stop with this run created and unfinished
         log.warning("%s: pausing the sync in the middle of importing %s (test hook)", SYNC_PAUSE_ENV,
                     record["job_key"])
         time.sleep(3600)
-    _complete_run(client, run.info.run_id, record, record["metrics"])
+    _complete_run(client, run.info.run_id, record, metrics)
     return run.info.run_id
 
 

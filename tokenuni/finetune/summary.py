@@ -210,6 +210,12 @@ def _interval(low: float, high: float, signed: bool = False) -> str:
     return f"[{_pct(low, signed)}, {_pct(high, signed)}]"
 
 
+def difference_text(difference: float, low: float, high: float) -> str:
+    """A variant's difference to the baseline × 100 with its interval, as the summary's tables write it
+    (``+1.4 [+0.7, +2.0]``); the HTML report's findings quote it."""
+    return f"{_pct(difference, True)} {_interval(low, high, True)}"
+
+
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -246,7 +252,7 @@ def summary_markdown(comparisons: pd.DataFrame, isotropy: pd.DataFrame, timings:
     rows = []
     for r in comparisons.to_dict("records"):
         difference = "" if r["variant"] == baseline else (
-            f"{_pct(r['difference'], True)} {_interval(r['difference_low'], r['difference_high'], True)}")
+            difference_text(r["difference"], r["difference_low"], r["difference_high"]))
         sd = "" if math.isnan(r["sd"]) else f" ± {_pct(r['sd'])}"
         rows.append([r["model"], r["task"], r["variant"], f"{_pct(r['mean'])}{sd}", _interval(r["low"], r["high"]),
                      difference, r["verdict"] or "", *["" if pd.isna(r[label]) else f"{r[label]:.4f}" for label in labels]])
