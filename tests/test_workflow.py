@@ -230,7 +230,9 @@ def test_sts_table_and_summary(study):
     assert set(headline.dataset) == {"stsb-test", "sick-r"}
     assert set(headline["transform"]) == {"none", "softdecay", "whitening", "whitening_wikitext"}
     assert set(headline.pooling) == {"mean_last", "first_last_1"}
-    assert set(headline[headline.pooling == "first_last_1"].layers) == {"1+6"}
+    first_last = headline[headline.pooling == "first_last_1"]
+    # layer 1 and each model's last layer (MiniLM: 6 blocks, MPNet: 12)
+    assert dict(zip(first_last.model, first_last.layers)) == {"minilm": "1+6", "mpnet": "1+12"}
     assert headline.spearman.between(-100, 100).all()
     baseline = headline[(headline["transform"] == "none") & (headline.pooling == "mean_last")]
     assert (baseline.spearman > 60).all()  # sentence-embedding models on STS: well above chance

@@ -178,7 +178,8 @@ HEADLINE_NAMES = frozenset([*HEADLINE_LAST_LAYER.values(), "sts_spearman", "dev_
 HEADLINE_COLUMNS = ["avg_cosine_last_layer", "isoscore_last_layer", "singular_value_skewness_last_layer",
                     "token_uniformity_last_layer", "sts_spearman", "dev_main"]
 #: rule -> stage (the ``tokenuni.stage`` tag); figure rules are "figures", any other rule is its own stage
-STAGES = {"corpus": "data", "embed": "geometry", "metric": "geometry", "metrics_table": "geometry",
+STAGES = {"corpus": "data", "embed": "geometry", "embed_without_dump": "geometry", "stats": "geometry",
+          "metric": "geometry", "metrics_table": "geometry",
           "projection": "geometry", "measure": "geometry", "sentence_embed": "sts", "sts": "sts", "sts_table": "sts",
           "finetune": "finetune", "finetune_table": "finetune"}
 #: the key of the shared runs-table view in the experiment's tags (``mlflow.sharedViewState.<key>``)
