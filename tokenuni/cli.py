@@ -24,6 +24,12 @@ def _json(text: str):
         raise argparse.ArgumentTypeError(f"not valid JSON ({error}): {text[:200]}") from None
 
 
+def _add_device_arguments(p) -> None:
+    """--device (auto: CUDA when present) and --threads (CPU threads of torch), shared by the model and metric stages."""
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=None)
+
+
 def _add_job_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--record", type=Path, help="write this job's MLflow run record here")
     parser.add_argument("--job", type=_json, default={}, help='{"rule": ..., "wildcards": {...}} for the record')
@@ -567,8 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="the dump (its moments go to <dump>.moments.npz)")
     p.add_argument("--stats", type=Path, default=None, help="no dump: write the metrics suite's statistics here")
     p.add_argument("--plan", type=_json, default=None, help="with --stats: the suite's plan (metrics.suite.pass_plan)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=None)
+    _add_device_arguments(p)
     _add_job_arguments(p)
     p.set_defaults(func=cmd_embed)
 
@@ -578,8 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="model key (for the log)")
     p.add_argument("--corpus", required=True, help="corpus key (for the log)")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=None)
+    _add_device_arguments(p)
     _add_expect_model(p)
     _add_job_arguments(p)
     p.set_defaults(func=cmd_stats)
@@ -592,8 +596,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="model key (for the table)")
     p.add_argument("--corpus", required=True, help="corpus key (for the table)")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=None)
+    _add_device_arguments(p)
     _add_expect_model(p)
     _add_job_arguments(p)
     p.set_defaults(func=cmd_metric)
@@ -608,8 +611,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="model key (for the table)")
     p.add_argument("--corpus", required=True, help="corpus key (for the table)")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=None)
+    _add_device_arguments(p)
     _add_expect_model(p)
     _add_job_arguments(p)
     p.set_defaults(func=cmd_projection)
@@ -662,8 +664,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=_json, required=True, help="the model's config entry")
     p.add_argument("--poolings", type=_json, required=True, help='{"name": {"pool": "mean", "layers": [-1]}, ...}')
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=None)
+    _add_device_arguments(p)
     _add_job_arguments(p)
     p.set_defaults(func=cmd_sentences)
 
@@ -678,8 +679,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scores", type=Path, required=True)
     p.add_argument("--geometry", type=Path, required=True)
     p.add_argument("--fitted-dir", type=Path, default=None)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=None)
+    _add_device_arguments(p)
     _add_expect_model(p)
     _add_job_arguments(p)
     p.set_defaults(func=cmd_sts)
@@ -707,8 +707,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--summary", type=Path, required=True)
     p.add_argument("--geometry", type=Path, required=True)
     p.add_argument("--predictions", type=Path, required=True, help="per-example dev predictions (Parquet)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=None)
+    _add_device_arguments(p)
     _add_job_arguments(p)
     p.set_defaults(func=cmd_finetune)
 
