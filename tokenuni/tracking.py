@@ -625,7 +625,11 @@ def _batched(items: list, size: int) -> Iterable[list]:
 
 def _get_experiment(client, name: str, artifact_location: str | None) -> str:
     """The id of experiment ``name`` (created if missing), with the tags that open the UI on its results
-    (:func:`experiment_tags`; a description the user wrote in the UI is kept)."""
+    (:func:`experiment_tags`; a description the user wrote in the UI is kept).
+
+    The tags only change how the UI opens, so a failure to set one is a warning, never a reason to stop
+    logging: many jobs starting at once against a server with an SQLite store all try to set them, and
+    the writes that lose the store's lock fail. The sync at the end of the study sets them again."""
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         try:
@@ -636,7 +640,11 @@ def _get_experiment(client, name: str, artifact_location: str | None) -> str:
     tags = experiment.tags or {}
     for key, value in experiment_tags(experiment.experiment_id).items():
         if key not in tags or (tags[key] != value and key != "mlflow.note.content"):
-            client.set_experiment_tag(experiment.experiment_id, key, value)
+            try:
+                client.set_experiment_tag(experiment.experiment_id, key, value)
+            except Exception as error:  # noqa: BLE001 - see the docstring
+                log.warning("could not set the tag %s of MLflow experiment %r (%s); the sync sets it later",
+                            key, name, error)
     return experiment.experiment_id
 
 
