@@ -745,7 +745,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="e.g. results/report/index.html")
     p.add_argument("--runs", type=Path, default=None, help="run records (default: <results>/runs)")
     p.add_argument("--sync", type=Path, default=None, help="MLflow sync output (default: <results>/mlflow/sync.json)")
-    p.add_argument("--captions", type=Path, default=None, help="figure captions (default: workflow/report)")
+    p.add_argument("--captions", type=Path, default=None, help="figure captions (default: the package's, tokenuni/resources/captions)")
     p.set_defaults(func=cmd_report)
 
     from tokenuni.tiny_models import PAPER_FAMILIES, TINY_FAMILIES

@@ -1,6 +1,6 @@
 """Study configuration: schema validation with defaults, and the config subtrees each stage depends on.
 
-The schema lives in ``workflow/schemas/config.schema.yaml`` (one place); this module validates a
+The schema lives in ``tokenuni/resources/config.schema.yaml`` (one place, linked from ``workflow/schemas/``); this module validates a
 config against it, fills in defaults, and turns jsonschema's errors into one message that names the
 offending key by its dotted path.
 """
@@ -18,8 +18,10 @@ import yaml
 from jsonschema import Draft202012Validator, validators
 
 from tokenuni.errors import TokenuniError
+from tokenuni.resources import resource_path
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+#: package data (``tokenuni/resources``); ``workflow/schemas/config.schema.yaml`` links to it for the workflow
+SCHEMA_PATH = resource_path("config.schema.yaml")
 
 
 class ConfigError(TokenuniError, ValueError):

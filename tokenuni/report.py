@@ -29,7 +29,7 @@ Sections:
 Run ids come from the MLflow sync's output (``mlflow/sync.json``: ``{"runs": {record_id: run_id}}``,
 see :func:`tokenuni.tracking.sync_records`); each figure is linked to the run of the job that logged
 it as an artifact (matched through the run records' ``artifacts``). Captions are the Snakemake
-report's captions (``workflow/report/<figure>.rst`` or ``<rule>.rst``) when present, else the metric's
+report's captions (``tokenuni/resources/captions/<figure>.rst`` or ``<rule>.rst``) when present, else the metric's
 label (:func:`tokenuni.figures.metric_label`).
 """
 from __future__ import annotations
@@ -47,6 +47,8 @@ from types import SimpleNamespace
 
 import yaml
 
+from tokenuni.resources import resource_path
+
 log = logging.getLogger(__name__)
 
 #: headline scalar metrics, in the order of the figures and of the per-layer table
@@ -63,7 +65,10 @@ PER_MODEL_ORDER = ["singular_value_cdf"]
 PROJECTION_WORDS = ("pca", "projection", "umap", "tsne", "scatter")
 #: folders of results/ never searched for figures
 SKIP_FOLDERS = {"report", "screenshots", "mlartifacts", "dumps", "logs", "runs", "sentences", "mlflow"}
-CAPTIONS_DIR = Path(__file__).resolve().parent.parent / "workflow" / "report"
+#: the figure captions, package data (also the workflow's ``workflow/report``, a link to them)
+CAPTIONS_DIR = resource_path("captions")
+#: the workflow's rules in a source checkout (absent from an installed package): rule -> caption file
+RULES_DIR = Path(__file__).resolve().parent.parent / "workflow" / "rules"
 MLFLOW_UI = "http://127.0.0.1:5000"
 
 CSS = """
@@ -779,7 +784,7 @@ def build_report(results_dir, config, out_html, *, run_records_dir=None, sync_fi
     ``config``: the YAML file(s) that produced the study (a path or a list, merged in order as Snakemake
     merges ``--configfile``s) or the config dict. ``run_records_dir`` defaults to ``<results>/runs``,
     ``sync_file`` to ``<results>/mlflow/sync.json``, ``captions_dir`` to the checkout's
-    ``workflow/report``. Returns ``{"path", "bytes", "figures", "runs", "records", "notes"}``.
+    the package's captions (``tokenuni/resources/captions``). Returns ``{"path", "bytes", "figures", "runs", "records", "notes"}``.
     """
     from tokenuni.files import atomic_path
 
@@ -806,7 +811,9 @@ def build_report(results_dir, config, out_html, *, run_records_dir=None, sync_fi
     figures = discover_figures(results)
     _link_runs(figures, study.records, mapping)
     captions = Path(captions_dir) if captions_dir else CAPTIONS_DIR
-    by_rule = rule_captions(captions.parent / "rules")
+    # a rule whose caption is not named after it (``<rule without figure_>.rst``) is found through the
+    # ``caption=`` of its rule; without the workflow's rules (an installed package) the names suffice
+    by_rule = rule_captions(captions.parent / "rules") or rule_captions(RULES_DIR)
     for figure in figures:
         figure.caption_html = _caption_from_file(figure, captions, by_rule, parsed) or ""
     intro = captions / "workflow.rst"

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -29,6 +30,9 @@ import pyarrow as pa
 from tokenuni.errors import TokenuniError
 from tokenuni.numerics import ReservoirSample
 from tokenuni.store import vector_tensor
+
+if TYPE_CHECKING:  # torch is imported lazily: a metric that never runs must not pay for it
+    import torch
 
 
 class MetricError(TokenuniError, ValueError):

@@ -87,7 +87,7 @@ rule figure_by_layer:
     output:
         png=report(
             f"{FIGURES}/{{row}}_by_layer.png",
-            caption="../report/metric_by_layer.rst",
+            caption="../report/by_layer.rst",
             category="3 Each metric by layer",
             subcategory="{row}",
         ),

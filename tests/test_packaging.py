@@ -1,0 +1,82 @@
+"""A plain (non-editable) install works without the source tree.
+
+The library reads its config schema and figure captions as package data (``tokenuni/resources``,
+through ``importlib.resources``); the workflow sees the same files through the links
+``workflow/schemas/config.schema.yaml`` and ``workflow/report``. Before, ``tokenuni check`` from a
+``pip install .`` failed with ``No such file or directory: …/workflow/schemas/config.schema.yaml``.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+#: top-level folders of a checkout that are not the project (the package has its own ``resources``)
+TOP_LEVEL_IGNORED = {".venv", ".git", "results", "resources", ".snakemake", "build", ".pytest_cache", "mlruns"}
+
+
+def _ignore(folder: str, names: list[str]) -> set[str]:
+    ignored = {n for n in names if n == "__pycache__" or n.endswith(".egg-info")}
+    return ignored | (TOP_LEVEL_IGNORED & set(names) if Path(folder) == REPO else set())
+
+
+def test_links_point_at_the_package_data():
+    schema = REPO / "workflow" / "schemas" / "config.schema.yaml"
+    captions = REPO / "workflow" / "report"
+    assert schema.is_symlink() and schema.resolve() == (REPO / "tokenuni/resources/config.schema.yaml")
+    assert captions.is_symlink() and captions.resolve() == (REPO / "tokenuni/resources/captions")
+    from tokenuni.config import SCHEMA_PATH
+    from tokenuni.report import CAPTIONS_DIR
+    assert SCHEMA_PATH.is_file() and (CAPTIONS_DIR / "workflow.rst").is_file()
+
+
+def test_every_figure_caption_of_the_workflow_exists():
+    from tokenuni.report import RULES_DIR, rule_captions
+    captions = rule_captions(RULES_DIR)
+    assert len(captions) >= 10
+    missing = {rule: str(path) for rule, path in captions.items() if not path.is_file()}
+    assert not missing
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> Path:
+    """``pip install --no-deps --target`` of a copy of the checkout (no build isolation: offline)."""
+    tmp = tmp_path_factory.mktemp("install")
+    source = tmp / "source"
+    shutil.copytree(REPO, source, symlinks=True, ignore=_ignore)
+    target = tmp / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--target", str(target), str(source)], check=True)
+    return target
+
+
+def _env(target: Path) -> dict:
+    # PYTHONPATH comes before site-packages and the editable install's finder, so the installed copy wins
+    return {**os.environ, "PYTHONPATH": str(target)}
+
+
+def test_installed_package_carries_its_resources(installed, tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-c", "import tokenuni, tokenuni.config as c, tokenuni.report as r; "
+         "print(tokenuni.__file__); print(c.SCHEMA_PATH); print(sorted(p.name for p in r.CAPTIONS_DIR.iterdir()))"],
+        cwd=tmp_path, env=_env(installed), capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out[0].startswith(str(installed)), out
+    assert out[1].startswith(str(installed)) and Path(out[1]).is_file()
+    assert "workflow.rst" in out[2] and "by_layer.rst" in out[2]
+
+
+def test_check_and_dry_run_from_the_installed_package(installed, tmp_path):
+    env = _env(installed)
+    check = subprocess.run([sys.executable, "-m", "tokenuni", "check", str(REPO / "config" / "config.yaml")],
+                           cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "No such file" not in check.stdout + check.stderr
+    snakemake = shutil.which("snakemake", path=str(Path(sys.executable).parent)) or "snakemake"
+    dry = subprocess.run([snakemake, "-n", "--cores", "2", "--quiet", "rules"], cwd=REPO, env=env,
+                         capture_output=True, text=True)
+    assert dry.returncode == 0, dry.stdout + dry.stderr
