@@ -926,6 +926,33 @@ def test_check_fails_on_pooling_and_fine_tuning_layers_beyond_the_model(mirror, 
         "(0 = embeddings … 3 = last block) (model 'tiny' has 4 hidden states); use layers in -4..3 or 'all'")
 
 
+def test_check_fails_on_transform_sizes_beyond_the_hidden_size(mirror, model_copy, tmp_path, caplog):
+    """Whitening k and all-but-the-top D depend on the model's width, known only once the model is resolved:
+    `tokenuni check` compares them with it (d = 16 here), before any job."""
+    path = _check_config(tmp_path, mirror, model_copy, **{"sts.transforms": {
+        "none": {"type": "identity"},
+        "wide_whitening": {"type": "whitening", "params": {"k": 32}},
+        "all_removed": {"type": "all_but_the_top", "params": {"d_removed": 16}}}})
+    message = _check(path, caplog)
+    assert message == (
+        "this study cannot run as configured: 2 problem(s) found before the first job:\n"
+        "  - config key sts.transforms.all_removed.params.d_removed: 16 must be below the hidden size 16 of model "
+        "'tiny'\n"
+        "  - config key sts.transforms.wide_whitening.params.k: 32 exceeds the hidden size 16 of model 'tiny' (the "
+        "pooled embeddings have 16 dimensions); lower k or set it to null")
+
+
+def test_a_whitening_k_beyond_the_dimension_is_an_error_at_fit():
+    """The same rule where the fit meets the data (a transform used from a notebook, or on pooled layers)."""
+    import numpy as np
+
+    from tokenuni.transforms import TransformError, make_transform
+    x = np.random.default_rng(0).normal(size=(50, 8))
+    with pytest.raises(TransformError, match=r"^transform whitening: option k = 9 exceeds the dimension 8 of the fit "
+                                             r"vectors$"):
+        make_transform("whitening", {"k": 9}).fit(x)
+
+
 def test_config_refuses_a_fine_tuning_baseline_that_is_not_a_variant(mirror, model_copy, tmp_path, caplog):
     """Every variant is compared with finetune.baseline on the same seeds: a baseline outside the grid is a config
     error naming the key, before any job."""
