@@ -4,21 +4,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from dump_helpers import layer_matrix
 
 from tokenuni.metrics import compute_metric
 from tokenuni.metrics.base import TokenBatch
 from tokenuni.metrics.spectrum import Spectrum, explained_variance
-from tokenuni.store import layer_column, open_dump, vectors
+from tokenuni.store import open_dump
 
 RTOL = 1e-6
-
-
-def layer_matrix(dump_path, layer):
-    xs, flags = [], []
-    for batch in open_dump(dump_path).batches():
-        xs.append(vectors(batch.column(layer_column(layer))).astype(np.float64))
-        flags.append(batch.column("special").to_numpy(zero_copy_only=False))
-    return np.concatenate(xs)[~np.concatenate(flags)]
 
 
 def reference(x, k):

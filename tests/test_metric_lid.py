@@ -6,23 +6,14 @@ import numpy as np
 import pytest
 import scipy.spatial.distance
 import torch
+from dump_helpers import layer_matrix
 
 from tokenuni.metrics import compute_metric
 from tokenuni.metrics.base import TokenBatch
 from tokenuni.metrics.lid import LocalIntrinsicDimension
-from tokenuni.store import layer_column, open_dump, vectors
+from tokenuni.store import layer_column, open_dump
 
 RTOL = 1e-6
-
-
-def layer_matrix(dump_path, layer):
-    """Non-special token vectors of one layer, read whole (the test dump is small)."""
-    dump = open_dump(dump_path)
-    xs, flags = [], []
-    for batch in dump.batches():
-        xs.append(vectors(batch.column(layer_column(layer))).astype(np.float64))
-        flags.append(batch.column("special").to_numpy(zero_copy_only=False))
-    return np.concatenate(xs)[~np.concatenate(flags)]
 
 
 def reference_lid(x, k, squared=False):

@@ -6,24 +6,14 @@ import numpy as np
 import pytest
 import scipy.stats
 import torch
+from dump_helpers import layer_tokens
 
 from tokenuni.metrics import compute_metric
 from tokenuni.metrics.base import TokenBatch
 from tokenuni.metrics.sentence_spectrum import SentenceSpectrum
-from tokenuni.store import layer_column, open_dump, vectors
+from tokenuni.store import open_dump
 
 RTOL = 1e-6
-
-
-def layer_matrix(dump_path, layer, special=False):
-    xs, ids, flags = [], [], []
-    for batch in open_dump(dump_path).batches():
-        xs.append(vectors(batch.column(layer_column(layer))).astype(np.float64))
-        ids.append(batch.column("sentence_id").to_numpy())
-        flags.append(batch.column("special").to_numpy(zero_copy_only=False))
-    x, ids, flags = np.concatenate(xs), np.concatenate(ids), np.concatenate(flags)
-    keep = np.ones(len(x), bool) if special else ~flags
-    return x[keep], ids[keep]
 
 
 def reference(x, ids, max_rank=32, min_tokens=2):
@@ -62,7 +52,7 @@ def table(minilm_dump):
 
 def test_equals_numpy_svd_per_sentence_on_minilm(table, minilm_dump):
     for layer in range(open_dump(minilm_dump).n_layers):
-        x, ids = layer_matrix(minilm_dump, layer)
+        x, ids = layer_tokens(minilm_dump, layer)
         ref = reference(x, ids)
         for metric, key in (("sentence_singular_value_skewness", "skew"), ("sentence_top_singular_fraction", "top")):
             row = pick(table, metric, layer)
@@ -80,7 +70,7 @@ def test_equals_numpy_svd_per_sentence_on_minilm(table, minilm_dump):
 def test_special_tokens_and_options(minilm_dump):
     options = {"special_tokens": True, "max_rank": 5, "min_tokens": 12}
     table = compute_metric(minilm_dump, SentenceSpectrum, options, model="m", corpus="c", progress=False)
-    x, ids = layer_matrix(minilm_dump, 4, special=True)
+    x, ids = layer_tokens(minilm_dump, 4, special=True)
     ref = reference(x, ids, max_rank=5, min_tokens=12)
     assert 0 < ref["skipped"] < 60
     assert pick(table, "sentence_singular_value_skewness", 4).value == pytest.approx(ref["skew"][0], rel=RTOL)

@@ -6,27 +6,15 @@ import numpy as np
 import pytest
 import scipy.stats
 import torch
+from dump_helpers import layer_tokens
 
 from tokenuni.metrics import METRICS, compute_metric, make_metric
 from tokenuni.metrics.base import TokenBatch
 from tokenuni.metrics.spectrum import effective_rank
 from tokenuni.numerics import skewness
-from tokenuni.store import layer_column, open_dump, vectors
+from tokenuni.store import layer_column, open_dump
 
 RTOL = 1e-6
-
-
-def layer_matrix(dump_path, layer, special=False):
-    """(X, sentence ids) of one layer, read whole (fine for the small test dump)."""
-    dump = open_dump(dump_path)
-    xs, ids, flags = [], [], []
-    for batch in dump.batches():
-        xs.append(vectors(batch.column(layer_column(layer))).astype(np.float64))
-        ids.append(batch.column("sentence_id").to_numpy())
-        flags.append(batch.column("special").to_numpy(zero_copy_only=False))
-    x, ids, flags = np.concatenate(xs), np.concatenate(ids), np.concatenate(flags)
-    keep = np.ones(len(x), bool) if special else ~flags
-    return x[keep], ids[keep]
 
 
 def brute_force_avg_cosine(x):
@@ -56,7 +44,7 @@ def test_dump_has_many_batches(minilm_dump):
 def test_spectrum_equals_numpy_svd(tables, minilm_dump, variant):
     table = tables["spectrum"]
     for layer in range(open_dump(minilm_dump).n_layers):
-        x, _ = layer_matrix(minilm_dump, layer)
+        x, _ = layer_tokens(minilm_dump, layer)
         if variant == "centred":
             x = x - x.mean(axis=0)
         reference = np.linalg.svd(x, compute_uv=False)
@@ -76,13 +64,13 @@ def test_spectrum_equals_numpy_svd(tables, minilm_dump, variant):
 
 def test_avg_cosine_equals_brute_force(tables, minilm_dump):
     for layer in range(open_dump(minilm_dump).n_layers):
-        x, _ = layer_matrix(minilm_dump, layer)
+        x, _ = layer_tokens(minilm_dump, layer)
         assert table_value(tables["cosine_family"], "avg_cosine", layer, "uncentred") == pytest.approx(brute_force_avg_cosine(x), rel=RTOL)
 
 
 def test_token_uniformity_equals_brute_force(tables, minilm_dump):
     for layer in range(open_dump(minilm_dump).n_layers):
-        x, ids = layer_matrix(minilm_dump, layer)
+        x, ids = layer_tokens(minilm_dump, layer)
         per_sentence = [brute_force_avg_cosine(x[ids == s]) for s in np.unique(ids) if (ids == s).sum() >= 2]
         rows = tables["token_uniformity"]
         assert table_value(rows, "token_uniformity", layer) == pytest.approx(np.mean(per_sentence), rel=RTOL)
@@ -91,7 +79,7 @@ def test_token_uniformity_equals_brute_force(tables, minilm_dump):
 
 def test_special_tokens_option_changes_the_token_set(minilm_dump):
     with_special = compute_metric(minilm_dump, "cosine_family", {"special_tokens": True, "variants": ["uncentred"]}, model="m", corpus="c", progress=False)
-    x, _ = layer_matrix(minilm_dump, 3, special=True)
+    x, _ = layer_tokens(minilm_dump, 3, special=True)
     assert table_value(with_special, "avg_cosine", 3, "uncentred") == pytest.approx(brute_force_avg_cosine(x), rel=RTOL)
     assert int(with_special[with_special.layer == 3].n.iloc[0]) == len(x)
 
@@ -185,7 +173,7 @@ def test_record_batch_input_matches_token_batch(minilm_dump):
     for batch in dump.batches():
         rb = batch.select(["sentence_id", "token_id", "special", "frequency"]).append_column("vector", batch.column(layer_column(2)))
         metric.update(rb)
-    x, _ = layer_matrix(minilm_dump, 2)
+    x, _ = layer_tokens(minilm_dump, 2)
     assert next(v for v in metric.compute() if v.metric == "avg_cosine").value == pytest.approx(brute_force_avg_cosine(x), rel=RTOL)
 
 
