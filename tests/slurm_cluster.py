@@ -168,7 +168,7 @@ class SlurmCluster:
                                 env={**os.environ, **self.env})
         return result.stdout.strip() if result.returncode == 0 else ""
 
-    def start(self) -> "SlurmCluster":
+    def start(self) -> SlurmCluster:
         self._write()
         m = self.root / "munge"
         self._spawn("munged", ["--foreground", "--force", f"--key-file={m / 'munge.key'}",
@@ -202,7 +202,7 @@ class SlurmCluster:
             parts.append(f"--- {path.name}\n" + "\n".join(lines))
         return "\n".join(parts)
 
-    def __enter__(self) -> "SlurmCluster":
+    def __enter__(self) -> SlurmCluster:
         try:
             return self.start()
         except BaseException:

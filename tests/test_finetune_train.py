@@ -106,7 +106,7 @@ def test_finetune_is_deterministic_and_logs_regulariser_terms(minilm, sst2):
         model = make_model(minilm, COSINE)
         logged = []
         runs.append((finetune(model, minilm[0], "sst2", train, dev, epochs=1, lr=5e-5, batch_size=16,
-                              max_length=64, seed=7, device="cpu", log=lambda k, v, s: logged.append((k, v, s)),
+                              max_length=64, seed=7, device="cpu", log=lambda k, v, s, into=logged: into.append((k, v, s)),
                               log_every=2, progress=False), logged))
     (a, log_a), (b, log_b) = runs
     unweighted = {f"train/{k}" for k in model.last_regulariser_values}  # e.g. mean_cosine (not part of the loss)

@@ -133,7 +133,7 @@ def test_memory_is_bounded():
     sizes = {}
     for index in range(2):
         metric.begin_pass(index)
-        for b in range(200):
+        for _ in range(200):
             metric.update(batch_of(rng.standard_normal((50, d)) if index == 0 else rng.standard_normal((50, d))))
             sizes.setdefault(index, []).append(metric.memory_bytes())
     assert max(sizes[0]) == min(sizes[0])  # Gram + sum only

@@ -20,12 +20,12 @@ WORKERS, JOBS = 8, 25
 KEYS, STEPS = ("loss", "accuracy", "avg_cosine", "isoscore"), 5
 FAIL_EVERY = 10  # every 10th job of a worker raises: a FAILED record in runs/failed/
 
-WORKER = """
+WORKER = f"""
 import sys
 from tokenuni.tracking import JobRun
 
 root, worker, jobs, uri = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] or None
-keys, steps, fail_every = {keys!r}, {steps}, {fail_every}
+keys, steps, fail_every = {KEYS!r}, {STEPS}, {FAIL_EVERY}
 for job in range(jobs):
     try:
         with JobRun(f"{{root}}/runs/metric/w{{worker}}__{{job}}.json", rule="metric",
@@ -38,7 +38,7 @@ for job in range(jobs):
                 raise RuntimeError("planned failure")
     except RuntimeError:
         pass
-""".format(keys=KEYS, steps=STEPS, fail_every=FAIL_EVERY)
+"""
 
 
 def run_workers(root: Path, uri: str = "") -> str:

@@ -145,7 +145,7 @@ def _describe_corpus(corpus: dict) -> str:
     if corpus.get("mirror"):
         parts.append(f"mirror format {corpus['mirror']['format']}")
     if corpus.get("hub"):
-        parts.append(f"hub columns {', '.join(sorted((corpus['hub'].get('columns') or {})))}")
+        parts.append(f"hub columns {', '.join(sorted(corpus['hub'].get('columns') or {}))}")
     return " and ".join(parts)
 
 

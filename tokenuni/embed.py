@@ -14,7 +14,8 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -191,7 +192,7 @@ def effective_max_length(model_spec: dict, model) -> int:
 
 def forward_hidden_states(tokenizer, model, input_ids: list[list[int]], batch_size: int, device, *,
                           progress: bool = True, desc: str = "embed", model_id: str = ""
-                          ) -> Iterator[tuple[np.ndarray, tuple, "torch.Tensor"]]:
+                          ) -> Iterator[tuple[np.ndarray, tuple, torch.Tensor]]:
     """The one forward pass of the project: every hidden state of ``model`` over ``input_ids``.
 
     Inputs are batched by :func:`length_sorted_batches` (longest first, so padding is minimal),

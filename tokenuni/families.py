@@ -202,7 +202,7 @@ def max_positions(config) -> int | None:
     return int(n)
 
 
-def sentence_token_index(attention_mask: "torch.Tensor", sentence_token: str) -> "torch.Tensor":
+def sentence_token_index(attention_mask: torch.Tensor, sentence_token: str) -> torch.Tensor:
     """(B,) index of the token ``cls`` pooling reads: the first real token, or the last real one.
 
     Found from the mask, so right and left padding give the same token.
@@ -218,7 +218,7 @@ def sentence_token_index(attention_mask: "torch.Tensor", sentence_token: str) ->
     return index.masked_fill(~real, -1).amax(dim=-1)
 
 
-def sentence_token_states(hidden: "torch.Tensor", attention_mask: "torch.Tensor", sentence_token: str):
+def sentence_token_states(hidden: torch.Tensor, attention_mask: torch.Tensor, sentence_token: str):
     """(B, T, d) → (B, d): the state at :func:`sentence_token_index` of each row."""
     index = sentence_token_index(attention_mask.to(hidden.device), sentence_token)
     return hidden[range(hidden.shape[0]), index]

@@ -67,7 +67,7 @@ class MomentSums:
     def dim(self) -> int | None:
         return None if self.shift is None else int(self.shift.shape[0])
 
-    def update(self, x) -> "MomentSums":
+    def update(self, x) -> MomentSums:
         """Add the rows of ``x`` ((n, d) tensor or array; cast to float64 on the accumulator's device)."""
         import torch
 
@@ -93,7 +93,7 @@ class MomentSums:
             self._fold(n, batch_mean)
         return self
 
-    def merge(self, other: "MomentSums") -> "MomentSums":
+    def merge(self, other: MomentSums) -> MomentSums:
         """Fold the statistics of ``other`` (a disjoint stream) into this one; returns self."""
         if not other.count:
             return self
@@ -150,7 +150,7 @@ class MomentSums:
                 "mean": self._mean.cpu().numpy(), "scatter": self._scatter.cpu().numpy()}
 
     @classmethod
-    def from_state_dict(cls, state: dict, device=None) -> "MomentSums":
+    def from_state_dict(cls, state: dict, device=None) -> MomentSums:
         """The accumulator a :meth:`state_dict` came from (bit for bit), on ``device`` (default CPU)."""
         import torch
 
@@ -161,7 +161,7 @@ class MomentSums:
                                                  for k in ("shift", "mean", "scatter"))
         return sums
 
-    def select(self, coordinates) -> "MomentSums":
+    def select(self, coordinates) -> MomentSums:
         """The moments of a subset of the coordinates (a list of indices): a block of M, entries of c and m.
 
         Exact: the same numbers as an accumulator fed only those coordinates, up to the rounding of the matrix
@@ -303,7 +303,7 @@ class ReservoirSample:
     def __len__(self) -> int:
         return 0 if self.keys is None else min(len(self.keys), self.size)
 
-    def bottom(self, size: int) -> "ReservoirSample":
+    def bottom(self, size: int) -> ReservoirSample:
         """The sample a ``ReservoirSample(size, seed)`` fed the same stream would hold (size ≤ this one's size):
         the ``size`` smallest hashes (bottom-k samples of one hash nest)."""
         if size > self.size:
@@ -531,7 +531,7 @@ def _lloyd_runs(x, centers: list, x_sq, max_iter: int, tol: float) -> list:
                     block.index_add_(0, run * k + after[run, point], moved)
                     block.index_add_(0, run * k + before[run, point], moved, alpha=-1.0)
                     g["sums"][rows] = block.view(len(rows), k, -1)
-        for (k, g, rows), (offset, width, assigned, counts) in zip(moving, blocks):
+        for (_k, g, rows), (_offset, _width, assigned, counts) in zip(moving, blocks):
             old = g["centers"][rows]
             new = torch.where(counts[:, :, None] > 0, g["sums"][rows] / counts.clamp_min(1)[:, :, None].to(x.dtype), old)
             shift = ((new - old) ** 2).sum(dim=(1, 2))
@@ -548,7 +548,7 @@ def _lloyd_runs(x, centers: list, x_sq, max_iter: int, tol: float) -> list:
             g["labels"][rows] = labels
             g["active"][rows] = ~(converged | (shift <= tol))
     final = [None] * len(centers)
-    for k, g in state.items():
+    for g in state.values():
         for i, r in enumerate(g["runs"]):
             final[r] = g["centers"][i]
     distances = squared_distances(x, torch.cat(final), x_sq)

@@ -262,9 +262,9 @@ def _rst_to_html(text: str) -> str:
     paragraphs = [p for p in re.split(r"\n\s*\n", text.strip()) if p.strip()]
     out = []
     for para in paragraphs:
-        lines = [l for l in para.splitlines() if not re.fullmatch(r"\s*[=\-~^`'\"#*+]{3,}\s*", l)]
+        lines = [line for line in para.splitlines() if not re.fullmatch(r"\s*[=\-~^`'\"#*+]{3,}\s*", line)]
         if lines and not lines[0].lstrip().startswith(".."):
-            out.append(f"<p>{_inline_markup(' '.join(l.strip() for l in lines))}</p>")
+            out.append(f"<p>{_inline_markup(' '.join(line.strip() for line in lines))}</p>")
     return "".join(out)
 
 
@@ -505,7 +505,7 @@ def _study_section(study: Study, built: str) -> str:
     return "".join(out)
 
 
-def headline_table(table, metrics=HEADLINE_METRICS) -> "object":
+def headline_table(table, metrics=HEADLINE_METRICS) -> object:
     """The headline scalar metrics pivoted: index (model, corpus, metric, variant), one column per layer.
 
     Rows without a component (scalars) only; several rows of one (model, corpus, metric, variant, layer)
@@ -640,7 +640,7 @@ def sts_findings(scores, rels: set[str]) -> list[Finding]:
             continue
         best, worst = means.idxmax(), means.idxmin()
 
-        def value(name):
+        def value(name, means=means):
             return f"{means[name]:.4g}"  # as tables/sts_summary.html prints it
 
         if baseline:

@@ -98,7 +98,7 @@ class LayerMoments:
                 for key, value in sums.state_dict().items()}
 
     @classmethod
-    def from_state_dict(cls, state, n_layers: int, device="cpu") -> "LayerMoments":
+    def from_state_dict(cls, state, n_layers: int, device="cpu") -> LayerMoments:
         moments = cls(n_layers, device)
         for group in TOKEN_SETS:
             for layer in range(n_layers):
@@ -115,7 +115,7 @@ class LayerMoments:
         _save_npz(path, arrays)
 
     @classmethod
-    def load(cls, path, device="cpu") -> tuple["LayerMoments", dict]:
+    def load(cls, path, device="cpu") -> tuple[LayerMoments, dict]:
         state = _load_npz(path)
         return cls.from_state_dict(state, int(state["n_layers"]), device), json_value(state["metadata.json"])
 

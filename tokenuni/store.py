@@ -30,7 +30,7 @@ import json
 import mmap
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -163,7 +163,7 @@ class DumpWriter:
         finally:
             self._atomic.__exit__(DumpError, None, None)
 
-    def __enter__(self) -> "DumpWriter":
+    def __enter__(self) -> DumpWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

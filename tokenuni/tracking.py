@@ -66,7 +66,7 @@ import uuid
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable
+from collections.abc import Iterable
 
 from tokenuni.config import digest
 from tokenuni.errors import TokenuniError
@@ -409,7 +409,7 @@ class JobRun:
         self._live_call("log_batch", lambda: [client.log_batch(run_id, metrics=chunk)
                                               for chunk in _batched(metrics, 1000)])
 
-    def __enter__(self) -> "JobRun":
+    def __enter__(self) -> JobRun:
         self._mark_started()
         if self._live_uri:
             def start():

@@ -104,7 +104,8 @@ def main() -> None:
         child = subprocess.Popen(command, env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.PIPE, text=True)
         done = []
         peak = {}
-        watcher = threading.Thread(target=lambda: peak.setdefault("rss", peak_rss(child.pid, lambda: done)))
+        watcher = threading.Thread(target=lambda peak=peak, child=child, done=done: peak.setdefault(
+            "rss", peak_rss(child.pid, lambda: done)))
         watcher.start()
         _, stderr = child.communicate()
         done.append(True)

@@ -97,7 +97,7 @@ def _plot_panels(table: pd.DataFrame, panels, out_png, out_svg, out_pdf, *, corp
     fig, axes = _new_panels(len(drawn))
     ncols = axes[0].get_subplotspec().get_gridspec().ncols
     in_legend = []
-    for i, (ax, (metric, variant, panel_title, rows)) in enumerate(zip(axes, drawn)):
+    for i, (ax, (_metric, variant, panel_title, rows)) in enumerate(zip(axes, drawn)):
         if variant == "*":  # one line per variant (e.g. place of a layer norm), named in the panel's own legend
             _, markers = line_styles(rows)
             layers = draw_metric_lines(ax, rows, labels=labels, colours=colours, styles={_WEIGHTS: "-"},

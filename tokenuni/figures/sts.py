@@ -142,7 +142,7 @@ def plot_sts_geometry(geometry: pd.DataFrame, out_png, out_svg=None, out_pdf=Non
     fig, axes = _new_panels(len(panels), ncols=min(len(panels), 3))
     x = np.arange(len(transforms))
     width = 0.8 / len(models)
-    for ax, (metric, variant, panel_title, chosen) in zip(axes, panels):
+    for ax, (_metric, variant, panel_title, chosen) in zip(axes, panels):
         for j, model in enumerate(models):
             per = chosen[chosen["model"] == model]
             offset = x - 0.4 + (j + 0.5) * width

@@ -24,7 +24,7 @@ mean over the real tokens (attention mask 1).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -27,7 +27,7 @@ output excluded; list 0 explicitly to include it).
 from __future__ import annotations
 
 import logging
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
@@ -85,7 +85,7 @@ class IStar(torch.nn.Module):
         self.register_buffer("c0", None, persistent=False)
         self.c0_count = 0
 
-    def bind(self, n_hidden: int) -> "IStar":
+    def bind(self, n_hidden: int) -> IStar:
         self.layers = resolve_layers(self.layers_spec, n_hidden)
         return self
 
@@ -166,7 +166,7 @@ class CosineRegulariser(torch.nn.Module):
         self.layers_spec = layers
         self.layers: list[int] | None = None
 
-    def bind(self, n_hidden: int) -> "CosineRegulariser":
+    def bind(self, n_hidden: int) -> CosineRegulariser:
         self.layers = resolve_layers(self.layers_spec, n_hidden)
         return self
 

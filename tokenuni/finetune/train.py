@@ -45,7 +45,7 @@ import time
 import warnings
 from collections import defaultdict
 from contextlib import nullcontext
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -369,7 +369,7 @@ def finetune(model, tokenizer, task, train, dev, *, epochs: int, lr: float, batc
             hook_started, hook_cpu = time.perf_counter(), time.process_time()
             generators = []
 
-            def sample_hidden(epoch=epoch):
+            def sample_hidden(epoch=epoch, generators=generators):
                 def generate():
                     model.eval()
                     yielded = 0

@@ -55,7 +55,7 @@ def warn_once(logger, key: tuple, message: str, *args) -> None:
         logger.warning(message, *args)
 
 
-def used_sample_size(metric: "Metric", sample: "ReservoirSample", logger) -> int:
+def used_sample_size(metric: Metric, sample: ReservoirSample, logger) -> int:
     """The sample size a sampled metric actually used (``sample_size``, or every token when the layer has
     fewer), with a warning once per job when it is lower; tables record this value."""
     used = len(sample)
@@ -86,15 +86,15 @@ class MetricValue:
 class TokenBatch:
     """Vectors of one layer and their token index, as torch tensors on the metric's device."""
 
-    x: "torch.Tensor"  # (n, d) float64
-    sentence_id: "torch.Tensor"  # (n,) int64
-    token_id: "torch.Tensor"  # (n,) int64
-    special: "torch.Tensor"  # (n,) bool
-    frequency: "torch.Tensor"  # (n,) int64
-    position: "torch.Tensor | None" = None  # (n,) int64, token position within its sentence
+    x: torch.Tensor  # (n, d) float64
+    sentence_id: torch.Tensor  # (n,) int64
+    token_id: torch.Tensor  # (n,) int64
+    special: torch.Tensor  # (n,) bool
+    frequency: torch.Tensor  # (n,) int64
+    position: torch.Tensor | None = None  # (n,) int64, token position within its sentence
 
     @classmethod
-    def from_record_batch(cls, batch: pa.RecordBatch, device, vector_column: str = "vector") -> "TokenBatch":
+    def from_record_batch(cls, batch: pa.RecordBatch, device, vector_column: str = "vector") -> TokenBatch:
         import torch
 
         def column(name, dtype):
@@ -109,11 +109,11 @@ class TokenBatch:
             position=column("position", np.int64) if "position" in batch.schema.names else None,
         )
 
-    def select(self, keep: "torch.Tensor") -> "TokenBatch":
+    def select(self, keep: torch.Tensor) -> TokenBatch:
         return TokenBatch(self.x[keep], self.sentence_id[keep], self.token_id[keep], self.special[keep],
                           self.frequency[keep], None if self.position is None else self.position[keep])
 
-    def positions(self) -> "torch.Tensor":
+    def positions(self) -> torch.Tensor:
         """Token positions; when the batch has none, the running index within each sentence of this batch."""
         if self.position is not None:
             return self.position
@@ -155,7 +155,7 @@ class Metric(ABC):
         self.metadata: dict[str, str] = {}
         self.pass_index = 0
 
-    def bind(self, layer: int | None = None, metadata: dict | None = None) -> "Metric":
+    def bind(self, layer: int | None = None, metadata: dict | None = None) -> Metric:
         """Tell the accumulator which layer it sees and the dump's metadata (model facts, corpus)."""
         self.layer = layer
         self.metadata = dict(metadata or {})
@@ -204,7 +204,7 @@ class Metric(ABC):
         """Whether part of the per-batch work needs the layer's moments (mean, eigenvectors) before the batch."""
         return False
 
-    def prime(self, moments) -> None:
+    def prime(self, moments) -> None:  # noqa: B027  # an optional hook: by default nothing to prime
         """The layer's moments (a MomentSums of the metric's tokens, coordinates x) are known before the read."""
 
     def stream(self, batch: TokenBatch, stage: str) -> None:
@@ -222,7 +222,7 @@ class Metric(ABC):
         """The accumulator's own sufficient statistics (numpy arrays; shared statistics excluded)."""
         return {}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict) -> None:  # noqa: B027  # an optional hook: no own state by default
         """Restore :meth:`state_dict` (then :meth:`compute` may run with other :attr:`derived_options`)."""
 
     @abstractmethod

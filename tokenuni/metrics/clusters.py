@@ -283,13 +283,14 @@ class Clusters(SampledMetric):
 
         out = []
         for k in first["inertia"]:
-            out += row("kmeans_inertia", lambda res: res["inertia"].get(k), component=k)
+            out += row("kmeans_inertia", lambda res, k=k: res["inertia"].get(k), component=k)
         for k in first["inertia"]:
-            out += row("silhouette", lambda res: res["silhouette"].get(k), count=n_scored, component=k)
+            out += row("silhouette", lambda res, k=k: res["silhouette"].get(k), count=n_scored, component=k)
         out += row("mms_k", lambda res: res["mms_k"])
         out += row("mms_silhouette", lambda res: res["mms_silhouette"], count=n_scored)
         for variant in ("raw", "cluster_centred"):
             for quantity in ("avg_cosine", "s_intra", "s_inter"):
-                out += row(f"within_cluster_{quantity}", lambda res: res["within"][variant].get(quantity), variant=variant)
+                out += row(f"within_cluster_{quantity}", lambda res, v=variant, q=quantity: res["within"][v].get(q),
+                           variant=variant)
         out.append(MetricValue("clusters_k_max", float(self.k_max_used(n)), n, sample_size=sample_size, seed=self.seed))
         return out

@@ -91,7 +91,7 @@ class Transform(ABC):
 
     # -- the protocol ---------------------------------------------------------------------------
 
-    def reset(self) -> "Transform":
+    def reset(self) -> Transform:
         """Forget the statistics and the fitted map."""
         self.n_fit = 0  # vectors accumulated so far (after finalize: the vectors the map was fit on)
         self.dim: int | None = None  # input dimension d
@@ -100,7 +100,7 @@ class Transform(ABC):
         self._reset_statistics()
         return self
 
-    def partial_fit(self, x) -> "Transform":
+    def partial_fit(self, x) -> Transform:
         """Accumulate the statistics of the rows of ``x`` ((n, d) torch tensor or numpy array)."""
         if not self._has_statistics:
             raise TransformError(f"transform {self.name}: it was loaded from a file, which holds the fitted map "
@@ -117,7 +117,7 @@ class Transform(ABC):
             self.n_fit += int(t.shape[0])
         return self
 
-    def finalize(self) -> "Transform":
+    def finalize(self) -> Transform:
         """Turn the accumulated statistics into the fitted map."""
         if not self._has_statistics:
             raise TransformError(f"transform {self.name}: loaded transforms are already final; call fit() to refit")
@@ -127,7 +127,7 @@ class Transform(ABC):
         self._fitted = True
         return self
 
-    def fit(self, x) -> "Transform":
+    def fit(self, x) -> Transform:
         return self.reset().partial_fit(x).finalize()
 
     def transform(self, x):
@@ -180,7 +180,7 @@ class Transform(ABC):
         return path
 
     @classmethod
-    def load(cls, path, device="cpu") -> "Transform":
+    def load(cls, path, device="cpu") -> Transform:
         """Read a transform written by :meth:`save`. On the base class, returns the class named in the file."""
         from tokenuni.transforms import TRANSFORMS
 
