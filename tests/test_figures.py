@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from matplotlib.image import imread
 
-from tokenuni.figures import (DPI, FIGSIZE, METRIC_LABELS, model_colours, plot_metric_by_layer,
+from tokenuni.figures import (DPI, FIGSIZE, metric_label, model_colours, plot_metric_by_layer,
                               plot_singular_value_cdf, save_figure)
 
 COLUMNS = ["model", "corpus", "layer", "metric", "variant", "component", "value", "n", "sample_size", "seed"]
@@ -109,7 +109,7 @@ def test_metric_by_layer_two_models_two_corpora(tmp_path):
     plot_metric_by_layer(table, "avg_cosine", png, svg)
     check_outputs(tmp_path, png, svg)
     text = svg.read_text(encoding="utf-8")
-    assert METRIC_LABELS["avg_cosine"] in text
+    assert metric_label("avg_cosine") == "average cosine similarity" and "average cosine similarity" in text
     assert "layer (0 = embedding output)" in text
     assert "MiniLM-L6 · wikitext" in text and "BERT base · stsb-test" in text
 

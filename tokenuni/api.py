@@ -30,18 +30,15 @@ import numpy as np
 import pandas as pd
 
 from tokenuni.errors import TokenuniError
+from tokenuni.metrics.rows import view
 
 log = logging.getLogger(__name__)
 
 #: the metrics ``measure`` computes unless told otherwise: the exact, streaming ones (one or two passes over
 #: the dump, seconds on a CPU); the sampled ones (clusters, lid, ...) on request
 DEFAULT_METRICS = ("spectrum", "cosine_family", "isoscore", "token_uniformity")
-#: the per-layer headline table: (metric, variant) -> column, in this order
-PER_LAYER_COLUMNS = {("avg_cosine", "uncentred"): "avg_cosine", ("isoscore", ""): "isoscore",
-                     ("singular_value_skewness", "uncentred"): "sv_skewness",
-                     ("effective_rank", "uncentred"): "effective_rank", ("token_uniformity", ""): "token_uniformity",
-                     ("partition_isotropy", "uncentred"): "partition_isotropy", ("lid_mean", ""): "lid_mean",
-                     ("mms_k", ""): "mms_k"}
+#: the per-layer headline table: (metric, variant) -> column, in this order (the row catalogue's view)
+PER_LAYER_COLUMNS = {(r.name, r.headline_variant): r.column for r in view("measure_table")}
 POOLING_SHORTHANDS = {"mean": {"pool": "mean", "layers": [-1]}, "cls": {"pool": "cls", "layers": [-1]},
                       "max": {"pool": "max", "layers": [-1]}, "first_last": {"pool": "mean", "layers": [0, -1]}}
 _KEY = re.compile(r"[^A-Za-z0-9_.-]+")

@@ -47,19 +47,14 @@ from types import SimpleNamespace
 
 import yaml
 
+from tokenuni.metrics.rows import VIEWS, catalogue, view
+from tokenuni.metrics.rows import label as _metric_label
 from tokenuni.resources import resource_path
 
 log = logging.getLogger(__name__)
 
-#: headline scalar metrics, in the order of the figures and of the per-layer table
-HEADLINE_METRICS = [
-    "avg_cosine", "singular_value_skewness", "isoscore", "isoscore_star", "partition_isotropy", "lid_mean",
-    "mms_k", "token_uniformity", "effective_rank", "s_intra", "s_inter", "token_mean_cosine",
-    "token_mean_distance", "cls_uniformity", "wang_isola_uniformity", "sentence_singular_value_skewness",
-    "sentence_top_singular_fraction",
-]
-#: by-layer figures that describe the computation rather than the geometry: shown last
-DIAGNOSTIC_ROWS = ["lid_k", "lid_duplicate_tokens", "sentence_spectrum_skipped", "clusters_k_max"]
+#: headline scalar metrics, in the order of the figures and of the per-layer table (the row catalogue's view)
+HEADLINE_METRICS = list(VIEWS["headline"])
 #: per-(model, corpus) figures shown first, in this order; others follow by name
 PER_MODEL_ORDER = ["singular_value_cdf"]
 PROJECTION_WORDS = ("pca", "projection", "umap", "tsne", "scatter")
@@ -312,23 +307,9 @@ def _caption_from_file(figure: Figure, captions_dir: Path | None, by_rule: dict[
 
 
 # ------------------------------------------------------------------------------------------ figures
-def _metric_label(row: str) -> str:
-    try:
-        from tokenuni.figures import metric_label
-
-        return metric_label(row)
-    except Exception:  # figures package mid-change or matplotlib missing: the name is a fine label
-        return row.replace("_", " ")
-
-
 def _metric_rows() -> set[str]:
     """Every row name a metric produces (``<row>_by_layer.png`` is then a one-metric figure)."""
-    try:
-        from tokenuni.metrics import METRICS
-
-        return {row for cls in METRICS.values() for row in cls.produces}
-    except Exception:  # the report must not need torch: fall back to the figure's TSV sibling
-        return set()
+    return set(catalogue())
 
 
 #: subsection titles (and their order) of the STS and fine-tuning figures, by file stem
@@ -357,7 +338,7 @@ def _classify(path: Path, results: Path, metric_rows: set[str]) -> Figure:
     row = stem[: -len("_by_layer")] if stem.endswith("_by_layer") else None
     if row is not None and not inner and (row in metric_rows or path.with_suffix(".tsv").exists()):
         rank = (HEADLINE_METRICS.index(row) if row in HEADLINE_METRICS
-                else 10_000 + DIAGNOSTIC_ROWS.index(row) if row in DIAGNOSTIC_ROWS else 1_000)
+                else 10_000 if catalogue().get(row) is not None and catalogue()[row].diagnostic else 1_000)
         return Figure(path, rel, section, "Each metric by layer", (2, rank, stem), f"{_metric_label(row)} by layer")
     if not inner:  # study-wide figures: panels of several metrics, metrics by training step, ...
         return Figure(path, rel, section, "Overview", (1, stem), words)
@@ -575,9 +556,6 @@ class Finding:
     link: str  # the link's words
 
 
-#: per-layer extremes stated in the findings: (metric, variant, name in the sentence, what its peak means)
-EXTREMES = [("avg_cosine", "uncentred", "the average cosine similarity", "most anisotropic"),
-            ("isoscore", "", "IsoScore", "most isotropic")]
 
 
 def _read_any(results: Path, stem: str):
@@ -602,10 +580,12 @@ def _figure_link(rels: set[str], rel: str, fallback: str, what: str) -> tuple[st
 def geometry_findings(table, rels: set[str]) -> list[Finding]:
     """Per (model, corpus): the layers where the average cosine and IsoScore peak and bottom out, with their
     values as the per-layer table prints them (3 significant digits)."""
-    pivot = headline_table(table, [metric for metric, _, _, _ in EXTREMES])
+    extremes = view("findings_extremes")  # the rows, their headline variant, name in a sentence and peak
+    pivot = headline_table(table, [r.name for r in extremes])
     out = []
     for model, corpus in dict.fromkeys((model, corpus) for model, corpus, _, _ in pivot.index):
-        for metric, variant, name, peak_means in EXTREMES:
+        for metric, variant, name, peak_means in ((r.name, r.headline_variant, r.in_a_sentence, r.peak_means)
+                                                  for r in extremes):
             if (model, corpus, metric, variant) not in pivot.index:
                 continue
             values = pivot.loc[(model, corpus, metric, variant)].dropna()

@@ -51,6 +51,7 @@ Killed jobs and interrupted syncs (``kill -9``, the OOM killer, a lost node, Ctr
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -161,19 +162,22 @@ def package_versions() -> dict[str, str]:
     return library_versions()
 
 
-#: per-layer rows (logged with step = layer, key ``<row>[.<variant>]``) whose last layer is a headline run metric
-#: ``<row>_last_layer``; the variant is the papers' headline one
-HEADLINE_LAST_LAYER = {
-    "avg_cosine.uncentred": "avg_cosine_last_layer",
-    "isoscore": "isoscore_last_layer",
-    "singular_value_skewness.uncentred": "singular_value_skewness_last_layer",
-    "effective_rank.uncentred": "effective_rank_last_layer",
-    "token_uniformity": "token_uniformity_last_layer",
-    "partition_isotropy.uncentred": "partition_isotropy_last_layer",
-    "lid_mean": "lid_mean_last_layer",
-}
-#: every run-level headline metric name; a run with one of them carries the tag ``tokenuni.headline = true``
-HEADLINE_NAMES = frozenset([*HEADLINE_LAST_LAYER.values(), "sts_spearman", "dev_main"])
+@functools.cache
+def headline_last_layer() -> dict[str, str]:
+    """Per-layer keys (logged with step = layer, ``<row>[.<variant>]``) whose last layer is a headline run metric
+    ``<row>_last_layer``: the row catalogue's view ``last_layer_run_metrics`` in each row's headline variant.
+    (Read on first use: the catalogue imports the metrics package, which a job that logs no rows never needs.)"""
+    from tokenuni.metrics.rows import view
+
+    return {(f"{r.name}.{r.headline_variant}" if r.headline_variant else r.name): f"{r.name}_last_layer"
+            for r in view("last_layer_run_metrics")}
+
+
+def is_headline(key: str) -> bool:
+    """Whether a run-level metric name is a headline one (the run then carries ``tokenuni.headline = true``)."""
+    return key in ("sts_spearman", "dev_main") or key in headline_last_layer().values()
+
+
 #: the run-level headline metrics the study's shared runs view shows as columns, in this order
 HEADLINE_COLUMNS = ["avg_cosine_last_layer", "isoscore_last_layer", "singular_value_skewness_last_layer",
                     "token_uniformity_last_layer", "sts_spearman", "dev_main"]
@@ -196,7 +200,7 @@ def stage_of(rule: str) -> str:
 def headline_metrics(rule: str, wildcards: dict, metrics: list[dict]) -> dict[str, float]:
     """The run-level headline metrics a job's logged ``metrics`` (record entries) imply, under stable names.
 
-    * ``<row>_last_layer`` (:data:`HEADLINE_LAST_LAYER`): the value at the largest step of a per-layer key,
+    * ``<row>_last_layer`` (:func:`headline_last_layer`): the value at the largest step of a per-layer key,
       also under a fine-tuning run's ``geometry/`` prefix (its fine-tuned model's dev-set geometry);
     * ``sts_spearman``: the mean over the job's STS datasets of Spearman × 100 (``spearman.<dataset>``; for
       STS12–16 the mean over subsets), the "mean" column of ``tables/sts_summary.md``;
@@ -207,9 +211,9 @@ def headline_metrics(rule: str, wildcards: dict, metrics: list[dict]) -> dict[st
     last: dict[str, tuple[int, float]] = {}
     for entry in metrics:
         key = entry["key"].removeprefix("geometry/")
-        if key in HEADLINE_LAST_LAYER and (key not in last or entry["step"] >= last[key][0]):
+        if key in headline_last_layer() and (key not in last or entry["step"] >= last[key][0]):
             last[key] = (entry["step"], entry["value"])
-    out = {HEADLINE_LAST_LAYER[key]: value for key, (_, value) in last.items()}
+    out = {headline_last_layer()[key]: value for key, (_, value) in last.items()}
     spearman: dict[str, float] = {}
     for entry in metrics:
         parts = entry["key"].split(".")
@@ -434,7 +438,7 @@ class JobRun:
         if exc_type is None:
             self.record["status"] = "FINISHED"
             self.log_metrics(headline_metrics(self.rule, self.wildcards, self.record["metrics"]))
-            if any(entry["key"] in HEADLINE_NAMES for entry in self.record["metrics"]):
+            if any(is_headline(entry["key"]) for entry in self.record["metrics"]):
                 self.set_tags({"tokenuni.headline": "true"})
             self._finish_live()
             self._write(self.record_path)
@@ -703,7 +707,7 @@ def _import_record(client, experiment_id: str, record: dict, pause: bool = False
                if record.get("status") == "FINISHED" else {})
     when = record.get("end_time") or record["start_time"]
     metrics = record["metrics"] + [{"key": k, "value": v, "step": 0, "timestamp": when} for k, v in derived.items()]
-    if any(entry["key"] in HEADLINE_NAMES for entry in metrics):
+    if any(is_headline(entry["key"]) for entry in metrics):
         tags["tokenuni.headline"] = "true"
     run = client.create_run(experiment_id, start_time=record["start_time"], tags=tags, run_name=record["job_key"])
     if pause:  # test hook (SYNC_PAUSE_ENV): stop with this run created and unfinished

@@ -133,9 +133,11 @@ def summary_tables(scores: pd.DataFrame, geometry: pd.DataFrame | None = None) -
     """Spearman × 100 shaped like the papers' tables: rows (model, pooling, transform), columns datasets + mean.
 
     Two tables, one per STS12–16 protocol (mean over subsets / concatenated); and, with ``geometry``,
-    isotropy beside STS: per row the mean Spearman and the average cosine, IsoScore and I(V) of the
-    transformed embeddings of the first dataset.
+    isotropy beside STS: per row the mean Spearman and the rows of the catalogue's view ``sts_isotropy``
+    (average cosine, IsoScore, I(V), singular-value skewness) of the transformed embeddings of the first dataset.
     """
+    from tokenuni.metrics.rows import view
+
     keys = ["model", "pooling", "transform"]
     datasets = list(dict.fromkeys(scores["dataset"]))
     out = {}
@@ -147,8 +149,7 @@ def summary_tables(scores: pd.DataFrame, geometry: pd.DataFrame | None = None) -
         out[f"spearman_{protocol}"] = wide.round(2)
     if geometry is not None and len(geometry):
         reference = datasets[0]
-        picks = {"avg_cosine": ("avg_cosine", "uncentred"), "isoscore": ("isoscore", ""),
-                 "I(V)": ("partition_isotropy", "uncentred"), "skewness": ("singular_value_skewness", "uncentred")}
+        picks = {r.column: (r.name, r.headline_variant) for r in view("sts_isotropy")}
         side = out["spearman_mean_over_subsets"][["mean"]].rename(columns={"mean": "mean Spearman"})
         for label, (metric, variant) in picks.items():
             rows = geometry[(geometry["dataset"] == reference) & (geometry["metric"] == metric)

@@ -16,11 +16,11 @@ from tokenuni.figures.layers import plot_metric_by_layer, plot_singular_value_cd
 from tokenuni.figures.panels import GEOMETRY_PANELS, OVERSMOOTHING_PANELS, plot_geometry_panels, plot_oversmoothing
 from tokenuni.figures.projection import plot_token_projection
 from tokenuni.figures.sts import STS_GEOMETRY_PANELS, plot_sts_geometry, plot_sts_scores, plot_sts_table
-from tokenuni.figures.style import (DPI, FIGSIZE, LAYER_AXIS_LABEL, METRIC_LABELS, PANEL_FIGSIZE, TABLE_FIGSIZE,
+from tokenuni.figures.style import (DPI, FIGSIZE, LAYER_AXIS_LABEL, PANEL_FIGSIZE, TABLE_FIGSIZE,
                                     metric_label, model_colours, model_labels, save_figure)
 
 __all__ = [
-    "DPI", "FIGSIZE", "PANEL_FIGSIZE", "TABLE_FIGSIZE", "LAYER_AXIS_LABEL", "METRIC_LABELS", "metric_label",
+    "DPI", "FIGSIZE", "PANEL_FIGSIZE", "TABLE_FIGSIZE", "LAYER_AXIS_LABEL", "metric_label",
     "model_colours", "model_labels", "save_figure",
     "plot_metric_by_layer", "plot_singular_value_cdf",
     "GEOMETRY_PANELS", "OVERSMOOTHING_PANELS", "plot_geometry_panels", "plot_oversmoothing",

@@ -15,17 +15,10 @@ from matplotlib import colormaps
 
 from tokenuni.figures.layers import scalar_rows
 from tokenuni.figures.style import (FigureError, _LINESTYLES, _check_columns, _figure_legend, _new_panels, _set_title,
-                                    metric_label, model_labels, save_figure)
+                                    metric_label, model_labels, panels_of, save_figure)
 
-# (metric row, variant or None)
-CHECKPOINT_METRICS: list[tuple[str, str | None]] = [
-    ("avg_cosine", "uncentred"),
-    ("isoscore", None),
-    ("singular_value_skewness", "uncentred"),
-    ("token_uniformity", None),
-    ("partition_isotropy", "uncentred"),
-    ("effective_rank", "uncentred"),
-]
+# (metric row, variant or None), from the row catalogue
+CHECKPOINT_METRICS = [(metric, variant) for metric, variant, _ in panels_of("checkpoints")]
 
 
 def base_model(model: str) -> str:

@@ -39,12 +39,19 @@ from tokenuni.figures.style import (
 from tokenuni.finetune.statistics import correlation_statement, rank_correlation
 from tokenuni.finetune.summary import ISOTROPY
 from tokenuni.finetune.summary import last_layer_values as last_layer_isotropy
+from tokenuni.metrics.rows import row as catalogue_row
 
-_AXIS_LABELS = {"isoscore": "IsoScore of the last layer (1 = isotropic)",
-                "avg_cosine": "average cosine of the last layer (anisotropy)"}
+
+
+def _last_layer_axis(metric: str) -> str:
+    """"IsoScore (1 = isotropic)" -> "IsoScore of the last layer (1 = isotropic)": the row's panel title."""
+    name, _, note = catalogue_row(metric).panel_title.partition(" (")
+    return f"{name} of the last layer" + (f" ({note}" if note else "")
+
+
 # (metric row, metric variant or None, axis label): the isotropy columns of the fine-tuning summary
-ISOTROPY_AXES: list[tuple[str, str | None, str]] = [(metric, variant or None, _AXIS_LABELS.get(metric, label))
-                                                    for label, metric, variant in ISOTROPY]
+ISOTROPY_AXES: list[tuple[str, str | None, str]] = [(metric, variant or None, _last_layer_axis(metric))
+                                                    for _, metric, variant in ISOTROPY]
 
 
 def _ordered(values) -> list[str]:

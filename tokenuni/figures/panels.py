@@ -24,32 +24,14 @@ import pandas as pd
 
 from tokenuni.figures.layers import draw_metric_lines, line_styles, scalar_rows
 from tokenuni.figures.style import (FigureError, _check_columns, _figure_legend, _new_panels, _set_layer_axis,
-                                    _set_title, model_colours, model_labels, save_figure)
+                                    _set_title, model_colours, model_labels, panels_of, save_figure)
 
 log = logging.getLogger(__name__)
 
-# (metric row, variant or None for "the metric has no variant", panel title)
-GEOMETRY_PANELS: list[tuple[str, str | None, str]] = [
-    ("singular_value_skewness", "uncentred", "skewness of normalised singular values"),
-    ("token_uniformity", None, "token uniformity (mean cosine within a sentence)"),
-    ("cls_uniformity", None, "[CLS] uniformity (cosine of [CLS] to the tokens)"),
-    ("avg_cosine", "uncentred", "average cosine (anisotropy)"),
-    ("s_intra", "uncentred", "S_intra (same word type)"),
-    ("s_inter", "uncentred", "S_inter (different word types)"),
-    ("isoscore", None, "IsoScore (1 = isotropic)"),
-    ("partition_isotropy", "uncentred", "I(V) partition isotropy (1 = isotropic)"),
-    ("lid_mean", None, "local intrinsic dimension (mean MLE)"),
-    ("mms_k", None, "k of max. mean silhouette (clusters)"),
-]
-
-# layer-norm γ: one value per layer norm; "variant" is the norm's place in the block
-OVERSMOOTHING_PANELS: list[tuple[str, str | None, str]] = [
-    ("token_mean_cosine", None, "cosine of tokens to their sentence mean"),
-    ("token_mean_distance", None, "relative distance to the sentence mean"),
-    ("token_uniformity", None, "token uniformity (mean cosine within a sentence)"),
-    ("cls_uniformity", None, "[CLS] uniformity"),
-    ("layernorm_gamma_rms", "*", "layer-norm scale ‖γ‖ / √d"),
-]
+# (metric row, variant or None, panel title), from the row catalogue's views
+GEOMETRY_PANELS = panels_of("geometry_panels")
+# layer-norm γ: one value per layer norm; its variant "*" draws one line per place in the block
+OVERSMOOTHING_PANELS = panels_of("oversmoothing_panels")
 _WEIGHTS = "(weights)"
 _MODEL_PROPERTIES = {"layernorm_gamma_norm", "layernorm_gamma_rms", "layernorm_beta_norm"}  # same for every corpus
 

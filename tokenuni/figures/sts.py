@@ -22,20 +22,15 @@ import pandas as pd
 from matplotlib import colormaps
 
 from tokenuni.figures.style import (FigureError, FIGSIZE, TABLE_FIGSIZE, _check_columns, _figure_legend, _new_panels,
-                                    _set_title, _variant_name, model_colours, model_labels, save_figure)
+                                    _set_title, _variant_name, model_colours, model_labels, panels_of,
+                                    save_figure)
 
 SCORE_LABEL = "Spearman ρ × 100"
 AVERAGE = "avg."
 SUBSET_PROTOCOLS = ("mean_over_subsets", "concatenated")
 
-# (metric row, variant or None, panel title)
-STS_GEOMETRY_PANELS: list[tuple[str, str | None, str]] = [
-    ("singular_value_skewness", "uncentred", "skewness of normalised singular values"),
-    ("effective_rank", "uncentred", "effective rank"),
-    ("avg_cosine", "uncentred", "average cosine (anisotropy)"),
-    ("isoscore", None, "IsoScore (1 = isotropic)"),
-    ("partition_isotropy", "uncentred", "I(V) (1 = isotropic)"),
-]
+# (metric row, variant or None, panel title), from the row catalogue
+STS_GEOMETRY_PANELS = panels_of("sts_geometry_panels")
 
 
 def _ordered(values) -> list[str]:

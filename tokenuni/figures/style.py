@@ -23,6 +23,7 @@ from matplotlib import colormaps, rc_context
 from matplotlib.figure import Figure
 
 from tokenuni.errors import TokenuniError
+from tokenuni.metrics.rows import label, view
 
 
 class FigureError(TokenuniError, ValueError):
@@ -34,39 +35,6 @@ TABLE_FIGSIZE = (9.0, 10.0)  # heat-map tables (rows: pooling x transform)
 DPI = 150
 LAYER_AXIS_LABEL = "layer (0 = embedding output)"
 
-METRIC_LABELS = {
-    "avg_cosine": "average cosine similarity",
-    "token_uniformity": "token uniformity (mean pairwise cosine within a sentence)",
-    "singular_value_skewness": "skewness of normalised singular values",
-    "effective_rank": "effective rank",
-    "singular_value": "singular value",
-    "explained_variance": "variance explained by the top-k components",
-    "s_intra": "S_intra (cosine among instances of a word type)",
-    "s_inter": "S_inter (cosine across word types)",
-    "token_mean_cosine": "cosine of tokens to their sentence's mean token",
-    "token_mean_distance": "relative distance to the sentence's mean token",
-    "cls_uniformity": "[CLS] uniformity (cosine of [CLS] to the tokens)",
-    "layernorm_gamma_norm": "layer-norm ‖γ‖",
-    "layernorm_gamma_rms": "layer-norm ‖γ‖ / √d",
-    "layernorm_beta_norm": "layer-norm ‖β‖",
-    "norm_frequency_correlation": "Pearson r(‖x‖, log frequency)",
-    "pc_frequency_correlation": "Pearson r(PC projection, log frequency)",
-    "lid_mean": "local intrinsic dimension (mean, MLE k=100)",
-    "lid_std": "local intrinsic dimension (std across tokens)",
-    "lid_median": "local intrinsic dimension (median)",
-    "lid_k": "neighbours used for LID",
-    "clusters_k_max": "largest k tried (k-means)",
-    "lid_duplicate_tokens": "duplicate vectors in the LID sample",
-    "wang_isola_uniformity": "Wang–Isola uniformity log E exp(−2‖x̂−ŷ‖²)",
-    "isoscore": "IsoScore",
-    "isoscore_star": "IsoScore* (shrinkage covariance)",
-    "partition_isotropy": "partition-function isotropy I(V)",
-    "mms_k": "number of clusters k (max. mean silhouette)",
-    "mms_silhouette": "best mean silhouette",
-    "within_cluster_avg_cosine": "average cosine within clusters",
-    "sentence_singular_value_skewness": "skewness of a sentence's normalised singular values",
-    "sentence_top_singular_fraction": "σ₁² / Σσ² per sentence",
-}
 
 _LINESTYLES = ["-", "--", ":", "-."]
 _MARKERS = ["o", "s", "^", "D", "v", "P", "X"]
@@ -75,8 +43,15 @@ _TAB10 = colormaps["tab10"]
 
 # --------------------------------------------------------------------------------------------- helpers
 def metric_label(metric: str) -> str:
-    """Human name for a metric row name (the name itself when unknown)."""
-    return METRIC_LABELS.get(metric, metric)
+    """Human name for a metric row name (its :class:`~tokenuni.metrics.rows.Row` label; the name itself when
+    no metric declares it)."""
+    return label(metric)
+
+
+def panels_of(view_name: str) -> list[tuple[str, str | None, str]]:
+    """(metric row, variant — None when the row has none, "*" for every variant — , panel title) of each row
+    of a view of the row catalogue (:data:`tokenuni.metrics.rows.VIEWS`), in order."""
+    return [(r.name, r.headline_variant or None, r.panel_title) for r in view(view_name)]
 
 
 def model_labels(table: pd.DataFrame) -> dict[str, str]:

@@ -19,6 +19,7 @@ import pandas as pd
 from tokenuni.errors import TokenuniError
 from tokenuni.finetune import statistics as st
 from tokenuni.finetune.job import PredictionsError, read_predictions
+from tokenuni.metrics.rows import view
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +29,8 @@ class SummaryError(TokenuniError, ValueError):
 
 BASELINE = "baseline"
 KEYS = ["model", "task", "variant"]
-#: (label, metric, metric variant) of the last layer's isotropy shown beside the scores
-ISOTROPY = [("isoscore (last layer)", "isoscore", ""), ("avg cosine (last layer)", "avg_cosine", "uncentred")]
+#: (label, metric, metric variant) of the last layer's isotropy shown beside the scores (the row catalogue's view)
+ISOTROPY = [(f"{r.name.replace('_', ' ')} (last layer)", r.name, r.headline_variant) for r in view("finetune_isotropy")]
 #: the stages of a job (:func:`tokenuni.finetune.job.run_finetune` and the CLI), in order
 STAGES = ["startup", "imports", "data", "model_load", "tokenise", "train", "epoch_hook", "evaluate", "geometry",
           "write"]

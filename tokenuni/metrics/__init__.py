@@ -36,14 +36,6 @@ TIDY_COLUMNS = ["model", "training_step", "corpus", "layer", "metric", "variant"
                 "n", "sample_size", "seed"]
 
 
-def metric_family(metric_row_name: str) -> str:
-    """The metric (config name) that produces a row name, e.g. singular_value_skewness -> spectrum."""
-    for name, cls in METRICS.items():
-        if metric_row_name in cls.produces:
-            return name
-    raise KeyError(f"no metric produces {metric_row_name!r}; known: {sorted(p for c in METRICS.values() for p in c.produces)}")
-
-
 def make_metric(name: str | type[Metric], options: dict, device) -> Metric:
     """An accumulator for metric ``name`` (a config name, or a :class:`Metric` subclass) with ``options``."""
     cls = name if isinstance(name, type) else METRICS.get(name)

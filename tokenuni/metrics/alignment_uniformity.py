@@ -34,6 +34,7 @@ import math
 import numpy as np
 
 from tokenuni.metrics.base import MetricError, MetricValue, SampledMetric, unit_rows, used_sample_size
+from tokenuni.metrics.rows import LOW, Row
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ def uniformity(unit, t: float = 2.0, weights=None, chunk_size: int = 512):
 
 class AlignmentUniformity(SampledMetric):
     name = "alignment_uniformity"
-    produces = ("wang_isola_uniformity",)
+    rows = (Row("wang_isola_uniformity", "Wang–Isola uniformity log E exp(−2‖x̂−ŷ‖²)", isotropic=LOW),)
     derived_options = ("t", "bootstrap", "chunk_size")
 
     def __init__(self, device="cpu", t: float = 2.0, sample_size: int = 5000, seed: int = 0, bootstrap: int = 100,

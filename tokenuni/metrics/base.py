@@ -30,6 +30,7 @@ import pyarrow as pa
 from tokenuni.errors import TokenuniError
 from tokenuni.numerics import ReservoirSample
 from tokenuni.store import vector_tensor
+from tokenuni.metrics.rows import Row
 
 if TYPE_CHECKING:  # torch is imported lazily: a metric that never runs must not pay for it
     import torch
@@ -132,9 +133,12 @@ class Metric(ABC):
 
     #: the metric's name in the config and the tree (``tokenuni/metrics/<name>.py``)
     name: str = ""
-    #: names of the rows it produces in the tidy table
+    #: the rows it produces in the tidy table and what each means (:class:`tokenuni.metrics.rows.Row`: label,
+    #: headline variant, isotropic end, component or diagnostic); the one place these facts are declared
+    rows: tuple[Row, ...] = ()
+    #: names of those rows (derived from :attr:`rows`)
     produces: tuple[str, ...] = ()
-    #: those of them that are vector-valued (one row per ``component``: singular values, silhouette per k)
+    #: those of them that are vector-valued (one row per ``component``: singular values, silhouette per k; derived)
     vector_rows: tuple[str, ...] = ()
     #: how many times the runner streams the dump through :meth:`update` (2: e.g. centre first)
     passes: int = 1
@@ -145,6 +149,12 @@ class Metric(ABC):
     #: :class:`~tokenuni.numerics.MomentSums`, given by :meth:`use_moments`) and/or "sample" (the seeded token
     #: sample, given by :meth:`use_sample`)
     shared: tuple[str, ...] = ()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "rows" in cls.__dict__:
+            cls.produces = tuple(declared.name for declared in cls.rows)
+            cls.vector_rows = tuple(declared.name for declared in cls.rows if declared.component)
 
     def __init__(self, device="cpu", special_tokens: bool = False, enabled: bool = True):
         import torch

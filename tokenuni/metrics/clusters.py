@@ -71,6 +71,7 @@ import logging
 import numpy as np
 
 from tokenuni.metrics.base import MetricError, MetricValue, SampledMetric, unit_rows, used_sample_size, warn_once
+from tokenuni.metrics.rows import LOW, Row
 from tokenuni.numerics import kmeans_runs, seeded_generator
 
 log = logging.getLogger(__name__)
@@ -184,9 +185,17 @@ def within_cluster_cosines(x, labels, token_id, centred: bool) -> dict[str, floa
 
 class Clusters(SampledMetric):
     name = "clusters"
-    produces = ("kmeans_inertia", "silhouette", "mms_k", "mms_silhouette", "within_cluster_avg_cosine",
-                "within_cluster_s_intra", "within_cluster_s_inter", "clusters_k_max")
-    vector_rows = ("kmeans_inertia", "silhouette")
+    rows = (
+        Row("kmeans_inertia", "k-means inertia (per k)", component=True),
+        Row("silhouette", "mean silhouette (per k)", component=True),
+        Row("mms_k", "number of clusters k (max. mean silhouette)", title="k of max. mean silhouette (clusters)",
+            unit="clusters"),
+        Row("mms_silhouette", "best mean silhouette"),
+        Row("within_cluster_avg_cosine", "average cosine within clusters", headline_variant="raw", isotropic=LOW),
+        Row("within_cluster_s_intra", "S_intra within clusters", headline_variant="raw"),
+        Row("within_cluster_s_inter", "S_inter within clusters", headline_variant="raw", isotropic=LOW),
+        Row("clusters_k_max", "largest k tried (k-means)", unit="clusters", diagnostic=True),
+    )
     derived_options = ("k_min", "k_max", "n_init", "max_iter", "tol", "silhouette_sample_size", "min_silhouette",
                        "repeats")
 

@@ -49,6 +49,7 @@ from __future__ import annotations
 import numpy as np
 
 from tokenuni.metrics.base import Metric, MetricError, MetricValue, TokenBatch, mean_pairwise_cosine, unit_rows
+from tokenuni.metrics.rows import LOW, Row
 from tokenuni.numerics import token_hash
 
 VARIANTS = ("uncentred", "centred")
@@ -58,7 +59,14 @@ _NO_HASH = (1 << 63) - 1  # larger than every token hash: "no instance drawn yet
 
 class CosineFamily(Metric):
     name = "cosine_family"
-    produces = ("avg_cosine", "s_intra", "s_inter")
+    rows = (
+        Row("avg_cosine", "average cosine similarity", title="average cosine (anisotropy)",
+            noun="the average cosine similarity", headline_variant="uncentred", isotropic=LOW),
+        Row("s_intra", "S_intra (cosine among instances of a word type)", title="S_intra (same word type)",
+            headline_variant="uncentred"),
+        Row("s_inter", "S_inter (cosine across word types)", title="S_inter (different word types)",
+            headline_variant="uncentred", isotropic=LOW),
+    )
 
     def __init__(self, device="cpu", variants=VARIANTS, type_sampling: str = "exact", seed: int = 0,
                  repeats: int = 5, **options):

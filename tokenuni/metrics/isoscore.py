@@ -46,6 +46,7 @@ import math
 import numpy as np
 
 from tokenuni.metrics.base import MetricError, MetricValue, SampledMetric, TokenBatch
+from tokenuni.metrics.rows import HIGH, Row
 from tokenuni.numerics import MomentSums, sample_covariance
 
 
@@ -117,7 +118,10 @@ def isoscore_from_moments(covariance) -> float:
 
 class IsoScoreMetric(SampledMetric):
     name = "isoscore"
-    produces = ("isoscore", "isoscore_star")
+    rows = (
+        Row("isoscore", "IsoScore", title="IsoScore (1 = isotropic)", isotropic=HIGH),
+        Row("isoscore_star", "IsoScore* (shrinkage covariance)", isotropic=HIGH),
+    )
     derived_options = ("zeta", "bootstrap")
     shared = ("moments", "sample")
 

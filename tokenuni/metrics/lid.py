@@ -55,6 +55,7 @@ import logging
 import numpy as np
 
 from tokenuni.metrics.base import MetricError, MetricValue, SampledMetric, used_sample_size
+from tokenuni.metrics.rows import HIGH, Row
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,14 @@ def bootstrap_std(values: np.ndarray, statistics, resamples: int, seed: int) -> 
 
 class LocalIntrinsicDimension(SampledMetric):
     name = "lid"
-    produces = ("lid_mean", "lid_std", "lid_median", "lid_k", "lid_duplicate_tokens")
+    rows = (
+        Row("lid_mean", "local intrinsic dimension (mean, MLE k=100)", title="local intrinsic dimension (mean MLE)",
+            unit="dimensions", isotropic=HIGH),
+        Row("lid_std", "local intrinsic dimension (std across tokens)", unit="dimensions"),
+        Row("lid_median", "local intrinsic dimension (median)", unit="dimensions", isotropic=HIGH),
+        Row("lid_k", "neighbours used for LID", unit="neighbours", diagnostic=True),
+        Row("lid_duplicate_tokens", "duplicate vectors in the LID sample", unit="tokens", diagnostic=True),
+    )
     derived_options = ("k", "squared_distances", "bootstrap", "chunk_size")
 
     def __init__(self, device="cpu", k: int = 100, sample_size: int = 5000, seed: int = 0,

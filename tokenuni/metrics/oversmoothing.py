@@ -30,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 
 from tokenuni.metrics.base import Metric, MetricError, MetricValue, TokenBatch
+from tokenuni.metrics.rows import LOW, Row
 
 
 class _Running:
@@ -53,7 +54,13 @@ class _Running:
 
 class Oversmoothing(Metric):
     name = "oversmoothing"
-    produces = ("token_mean_cosine", "token_mean_distance", "cls_uniformity")
+    rows = (
+        Row("token_mean_cosine", "cosine of tokens to their sentence's mean token",
+            title="cosine of tokens to their sentence mean"),
+        Row("token_mean_distance", "relative distance to the sentence's mean token",
+            title="relative distance to the sentence mean"),
+        Row("cls_uniformity", "[CLS] uniformity (cosine of [CLS] to the tokens)", isotropic=LOW),
+    )
 
     def __init__(self, device="cpu", min_tokens: int = 2, special_tokens: bool = False, **options):
         super().__init__(device, special_tokens=special_tokens, **options)
@@ -70,6 +77,7 @@ class Oversmoothing(Metric):
         if isinstance(batch, pa.RecordBatch):
             batch = TokenBatch.from_record_batch(batch, self.device)
         if len(batch):
+            self._check_finite(batch)  # the [CLS] too: it is read by cls_uniformity
             self._update(batch)
 
     def _update(self, batch: TokenBatch) -> None:
@@ -130,7 +138,11 @@ class LayerNormScale(Metric):
     ‖γ‖/√d as ``layernorm_gamma_rms`` (1 for an untrained norm)."""
 
     name = "layernorm_scale"
-    produces = ("layernorm_gamma_norm", "layernorm_gamma_rms", "layernorm_beta_norm")
+    rows = (  # one value per layer norm of the block: variant = its place
+        Row("layernorm_gamma_norm", "layer-norm ‖γ‖", headline_variant="*"),
+        Row("layernorm_gamma_rms", "layer-norm ‖γ‖ / √d", title="layer-norm scale ‖γ‖ / √d", headline_variant="*"),
+        Row("layernorm_beta_norm", "layer-norm ‖β‖", headline_variant="*"),
+    )
     passes = 0  # read from the dump's metadata, no pass over the tokens
 
     def stream(self, batch: TokenBatch, stage: str) -> None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 
 from tokenuni.metrics.base import Metric, MetricError, MetricValue, TokenBatch
+from tokenuni.metrics.rows import HIGH, Row
 from tokenuni.numerics import MomentSums, descending_eigh
 
 VARIANTS = ("uncentred", "centred")
@@ -38,7 +39,10 @@ SIGNS = ("both", "canonical")
 
 class PartitionIsotropy(Metric):
     name = "partition_isotropy"
-    produces = ("partition_isotropy",)
+    rows = (
+        Row("partition_isotropy", "partition-function isotropy I(V)", title="I(V) partition isotropy (1 = isotropic)",
+            headline_variant="uncentred", isotropic=HIGH),
+    )
     passes = 2
     derived_options = ("variants", "signs")
     shared = ("moments",)

@@ -31,14 +31,19 @@ from __future__ import annotations
 import math
 
 from tokenuni.metrics.base import Metric, MetricValue, TokenBatch
+from tokenuni.metrics.rows import LOW, Row
 from tokenuni.numerics import skewness_rows
 
 
 class SentenceSpectrum(Metric):
     name = "sentence_spectrum"
-    produces = ("sentence_singular_value_skewness", "sentence_top_singular_fraction", "sentence_singular_value",
-                "sentence_spectrum_skipped")
-    vector_rows = ("sentence_singular_value",)
+    rows = (
+        Row("sentence_singular_value_skewness", "skewness of a sentence's normalised singular values", isotropic=LOW),
+        Row("sentence_top_singular_fraction", "σ₁² / Σσ² per sentence", isotropic=LOW),
+        Row("sentence_singular_value", "a sentence's normalised singular value", component=True),
+        Row("sentence_spectrum_skipped", "sentences skipped by the sentence spectrum", unit="sentences",
+            diagnostic=True),
+    )
 
     def __init__(self, device="cpu", min_tokens: int = 2, max_rank: int = 32, **options):
         super().__init__(device, **options)

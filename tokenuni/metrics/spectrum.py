@@ -27,6 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from tokenuni.metrics.base import Metric, MetricError, MetricValue, TokenBatch
+from tokenuni.metrics.rows import HIGH, LOW, Row
 from tokenuni.numerics import MomentSums, skewness
 
 
@@ -58,8 +59,14 @@ def singular_values_from_gram(gram: np.ndarray, rank_bound: int) -> np.ndarray:
 
 class Spectrum(Metric):
     name = "spectrum"
-    produces = ("singular_value", "singular_value_skewness", "effective_rank", "explained_variance")
-    vector_rows = ("singular_value", "explained_variance")
+    rows = (
+        Row("singular_value", "singular value", headline_variant="uncentred", component=True),
+        Row("singular_value_skewness", "skewness of normalised singular values", short="sv_skewness",
+            headline_variant="uncentred", isotropic=LOW),
+        Row("effective_rank", "effective rank", unit="dimensions", headline_variant="uncentred", isotropic=HIGH),
+        Row("explained_variance", "variance explained by the top-k components", headline_variant="uncentred",
+            component=True),
+    )
     derived_options = ("variants", "explained_variance_k")
     shared = ("moments",)
 

@@ -15,11 +15,15 @@ from __future__ import annotations
 import numpy as np
 
 from tokenuni.metrics.base import Metric, MetricValue, TokenBatch, mean_pairwise_cosine, unit_rows
+from tokenuni.metrics.rows import LOW, Row
 
 
 class TokenUniformity(Metric):
     name = "token_uniformity"
-    produces = ("token_uniformity",)
+    rows = (
+        Row("token_uniformity", "token uniformity (mean pairwise cosine within a sentence)",
+            title="token uniformity (mean cosine within a sentence)", isotropic=LOW),
+    )
     derived_options = ("min_tokens",)
 
     def __init__(self, device="cpu", min_tokens: int = 2, **options):

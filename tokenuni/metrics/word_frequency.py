@@ -32,13 +32,16 @@ from __future__ import annotations
 import math
 
 from tokenuni.metrics.base import Metric, MetricError, MetricValue, TokenBatch
+from tokenuni.metrics.rows import Row
 from tokenuni.numerics import MomentSums, constant_up_to_rounding, descending_eigh
 
 
 class WordFrequency(Metric):
     name = "word_frequency"
-    produces = ("pc_frequency_correlation", "norm_frequency_correlation")
-    vector_rows = ("pc_frequency_correlation",)
+    rows = (
+        Row("pc_frequency_correlation", "Pearson r(PC projection, log frequency)", component=True),
+        Row("norm_frequency_correlation", "Pearson r(‖x‖, log frequency)"),
+    )
     derived_options = ("log_frequency", "components")
     shared = ("moments",)
 
