@@ -30,6 +30,8 @@ def test_links_point_at_the_package_data():
     captions = REPO / "workflow" / "report"
     assert schema.is_symlink() and schema.resolve() == (REPO / "tokenuni/resources/config.schema.yaml")
     assert captions.is_symlink() and captions.resolve() == (REPO / "tokenuni/resources/captions")
+    conda_env = REPO / "workflow" / "envs" / "tokenuni.yaml"  # the catalog's place; the user keeps environment.yml
+    assert conda_env.is_symlink() and conda_env.resolve() == (REPO / "environment.yml")
     from tokenuni.config import SCHEMA_PATH
     from tokenuni.report import CAPTIONS_DIR
     assert SCHEMA_PATH.is_file() and (CAPTIONS_DIR / "workflow.rst").is_file()

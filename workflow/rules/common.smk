@@ -10,6 +10,7 @@ from snakemake.exceptions import WorkflowError
 from tokenuni.config import ConfigError, data_mirror, enabled_metrics, load_yaml, model_specs, validate_config
 from tokenuni.gpu_lease import gpu_devices
 from tokenuni.metrics import METRICS
+from tokenuni.metrics.rows import metrics_of_view
 from tokenuni.metrics.suite import pass_plan
 from tokenuni.sources import mirror_files, corpus_uses_mirror, model_fingerprint
 from tokenuni.tracking import resolve_tracking_uri, sqlite_store, store_problem
@@ -76,7 +77,7 @@ GPUS_PER_JOB = 1 if gpu_devices() else 0
 
 # Rules run `python -m tokenuni ...`: the python of the active environment (venv or the rule's conda
 # env); run from the workflow directory, `-m` also finds this checkout's library.
-CONDA_ENV = "../../environment.yml"
+CONDA_ENV = "../envs/tokenuni.yaml"  # a link to the top-level environment.yml (the user keeps that one)
 os.environ.setdefault("TQDM_MININTERVAL", "10")  # progress lines in logs, not a flood
 # With an MLflow server (http[s]) jobs also log live (curves while training); the sync stays the writer
 # of record and skips runs already complete. The embedded SQLite store is written by the sync only.
@@ -224,29 +225,24 @@ def all_targets(report=True):
 
 
 def all_records():
-    """Every run record the study produces (inputs of the MLflow sync)."""
+    """Every run record the study produces (inputs of the MLflow sync): each rule's ``record`` output
+    (``rules.<name>.output.record``) over the wildcard values the study uses, then the figure and projection
+    records (FIGURE_RUNS, PROJECTION_RECORDS). Called once every rule is defined (tracking.smk)."""
     used = set(GEOMETRY_CORPORA) | set(SENTENCE_CORPORA)
-    records = [f"{RESULTS}/runs/corpus/{c}.json" for c in CORPORA if c in used]
-    records += [f"{RESULTS}/runs/embed/{m}__{c}.json" for m in MODELS for c in GEOMETRY_CORPORA]
-    records += [f"{RESULTS}/runs/stats/{m}__{c}.json" for m in MODELS for c in DUMP_CORPORA]
-    records += [
-        f"{RESULTS}/runs/metric/{m}__{c}__{name}.json" for m in MODELS for c in GEOMETRY_CORPORA for name in METRIC_NAMES
-    ]
-    records += [f"{RESULTS}/runs/sentence_embed/{m}__{c}.json" for m in MODELS for c in SENTENCE_CORPORA]
-    records += [f"{RESULTS}/runs/sts/{m}__{p}__{t}.json" for m in MODELS for p in STS_POOLINGS for t in STS_TRANSFORMS]
+    records = expand(rules.corpus.output.record, corpus=[c for c in CORPORA if c in used])
+    # embed and embed_without_dump (no-dump corpora) write the same record
+    records += expand(rules.embed.output.record, model=MODELS, corpus=GEOMETRY_CORPORA)
+    records += expand(rules.stats.output.record, model=MODELS, corpus=DUMP_CORPORA)
+    records += expand(rules.metric.output.record, model=MODELS, corpus=GEOMETRY_CORPORA, metric=METRIC_NAMES)
+    records += expand(rules.sentence_embed.output.record, model=MODELS, corpus=SENTENCE_CORPORA)
+    records += expand(rules.sts.output.record, model=MODELS, pooling=STS_POOLINGS, transform=STS_TRANSFORMS)
     if STS:
-        records += [f"{RESULTS}/runs/sts_table/sts_table.json"]
-    records += [
-        f"{RESULTS}/runs/finetune/{m}__{t}__{v}__{s}.json"
-        for m in FT_MODELS
-        for t in FT_TASKS
-        for v in FT_VARIANTS
-        for s in FT_SEEDS
-    ]
+        records.append(rules.sts_table.output.record)
+    records += expand(rules.finetune.output.record, model=FT_MODELS, task=FT_TASKS, variant=FT_VARIANTS, seed=FT_SEEDS)
     if FT_MODELS:
-        records += [f"{RESULTS}/runs/finetune_table/finetune_table.json"]
+        records.append(rules.finetune_table.output.record)
     if METRIC_NAMES and GEOMETRY_CORPORA:
-        records += [f"{RESULTS}/runs/metrics_table/metrics_table.json"]
+        records.append(rules.metrics_table.output.record)
     records += [run for _, run in FIGURE_RUNS]  # workflow/rules/figures.smk
     records += PROJECTION_RECORDS  # workflow/rules/projection.smk
     return records

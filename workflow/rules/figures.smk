@@ -11,18 +11,10 @@ MODEL_LABELS = json.dumps(
         for key, spec in MODEL_SPECS.items()
     }
 )
-# which metric jobs feed the multi-panel figures (a figure is made when at least one of them is enabled)
-GEOMETRY_PANEL_JOBS = {
-    "spectrum",
-    "token_uniformity",
-    "oversmoothing",
-    "cosine_family",
-    "isoscore",
-    "partition_isotropy",
-    "lid",
-    "clusters",
-}
-OVERSMOOTHING_JOBS = {"oversmoothing", "token_uniformity", "layernorm_scale"}
+# which metric jobs feed the multi-panel figures (a figure is made when at least one of them is enabled):
+# the metrics whose rows the row catalogue's panel views show (tokenuni/metrics/rows.py)
+GEOMETRY_PANEL_JOBS = metrics_of_view("geometry_panels")
+OVERSMOOTHING_JOBS = metrics_of_view("oversmoothing_panels")
 CHECKPOINT_MODELS = [key for key, spec in MODEL_SPECS.items() if spec.get("training_step") is not None]
 
 
