@@ -172,3 +172,22 @@ def test_model_colours_stable():
     assert a["minilm"] == model_colours(["minilm"])["minilm"]
     assert len(set(b.values())) == 3
     assert a["bert-base"] == b["bert-base"]
+
+
+def test_figure_kind_registry_drives_the_command_and_the_rules():
+    """Every registered kind names a drawing function of tokenuni.figures; every kind a workflow rule asks
+    ``tokenuni figure`` for is registered; a kind that needs an extra table says which option is missing."""
+    import re
+    from pathlib import Path
+
+    from tokenuni import figures
+    from tokenuni.errors import TokenuniError
+    from tokenuni.figure_kinds import FIGURE_KINDS, draw
+
+    for kind, spec in FIGURE_KINDS.items():
+        assert callable(getattr(figures, spec.function)), kind
+    rules = "".join(p.read_text() for p in (Path(__file__).parents[1] / "workflow" / "rules").glob("*.smk"))
+    asked = set(re.findall(r"tokenuni figure ([a-z-]+)", rules))
+    assert asked and asked <= set(FIGURE_KINDS), asked - set(FIGURE_KINDS)
+    with pytest.raises(TokenuniError, match=r"^figure finetune-scores needs --summary \(the fine-tuning summary"):
+        draw("finetune-scores", pd.DataFrame(), (None, None, None), {"summary": None})

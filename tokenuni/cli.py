@@ -14,6 +14,8 @@ import sys
 from contextlib import nullcontext
 from pathlib import Path
 
+from tokenuni.figure_kinds import EXTRA_TABLES, FIGURE_KINDS, draw
+
 log = logging.getLogger("tokenuni")
 
 
@@ -276,7 +278,6 @@ def cmd_table(args) -> None:
 
 
 def cmd_figure(args) -> None:
-    from tokenuni import figures
     from tokenuni.tables import read_table
 
     params = {"kind": args.kind, "metric": args.metric, "variant": args.variant, "pooling": args.pooling}
@@ -287,34 +288,9 @@ def cmd_figure(args) -> None:
         elif args.model_labels and "model" in table.columns:
             table["model_label"] = table["model"].astype(str).map(args.model_labels)
         out = (args.png, args.svg, args.pdf)
-        if args.kind == "singular-value-cdf":
-            figures.plot_singular_value_cdf(table, *out, variant=args.variant)
-        elif args.kind == "by-layer":
-            figures.plot_metric_by_layer(table, args.metric, *out)
-        elif args.kind == "geometry-panels":
-            figures.plot_geometry_panels(table, *out)
-        elif args.kind == "oversmoothing":
-            figures.plot_oversmoothing(table, *out)
-        elif args.kind == "sts-scores":
-            figures.plot_sts_scores(table, *out, pooling=args.pooling)
-        elif args.kind == "sts-geometry":
-            figures.plot_sts_geometry(table, *out, pooling=args.pooling)
-        elif args.kind == "sts-table":
-            figures.plot_sts_table(table, *out, model=args.model)
-        elif args.kind == "finetune-scores":
-            if args.summary is None:
-                from tokenuni.errors import TokenuniError
-
-                raise TokenuniError("figure finetune-scores needs --summary (the fine-tuning summary table with intervals)")
-            figures.plot_finetune_scores(table, read_table(args.summary), *out)
-        elif args.kind == "finetune-isotropy":
-            if args.geometry is None:
-                from tokenuni.errors import TokenuniError
-
-                raise TokenuniError("figure finetune-isotropy needs --geometry (the fine-tuning geometry table)")
-            figures.plot_isotropy_vs_score(table, read_table(args.geometry), *out)
-        elif args.kind == "checkpoints":
-            figures.plot_metrics_by_step(table, *out)
+        options = {"metric": args.metric, "variant": args.variant, "pooling": args.pooling, "model": args.model}
+        options.update({name: read_table(getattr(args, name)) for name in EXTRA_TABLES if getattr(args, name)})
+        draw(args.kind, table, out, options)
         if run:
             run.log_input(args.table, context="table")
             for path in out:
@@ -636,16 +612,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_table)
 
     p = sub.add_parser("figure", help="draw a figure from a tidy table")
-    p.add_argument("kind", choices=["singular-value-cdf", "by-layer", "geometry-panels", "oversmoothing",
-                                    "sts-scores", "sts-geometry", "sts-table", "finetune-scores",
-                                    "finetune-isotropy", "checkpoints"],
-                   help="metrics table: singular-value-cdf, by-layer, geometry-panels, oversmoothing, checkpoints; "
-                        "STS scores: sts-scores, sts-table; STS geometry: sts-geometry; fine-tuning results: "
-                        "finetune-scores (with --summary), finetune-isotropy (with --geometry)")
+    p.add_argument("kind", choices=list(FIGURE_KINDS),
+                   help="; ".join(f"{name} (the {kind.reads}" + "".join(f", with --{n}" for n in kind.needs) + ")"
+                                  for name, kind in FIGURE_KINDS.items()))
     p.add_argument("--table", type=Path, required=True, help="the tidy table (.parquet or .tsv)")
-    p.add_argument("--geometry", type=Path, default=None, help="finetune-isotropy: the fine-tuning geometry table")
-    p.add_argument("--summary", type=Path, default=None,
-                   help="finetune-scores: the fine-tuning summary table (intervals, chance, verdicts)")
+    for name, what in EXTRA_TABLES.items():
+        users = ", ".join(kind for kind, spec in FIGURE_KINDS.items() if name in spec.needs)
+        p.add_argument(f"--{name}", type=Path, default=None, help=f"{users}: {what}")
     p.add_argument("--metric", default=None)
     p.add_argument("--variant", default="uncentred")
     p.add_argument("--pooling", default="mean_last", help="sts-scores, sts-geometry: the pooling drawn")
