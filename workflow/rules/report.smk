@@ -1,4 +1,4 @@
-# The study's static HTML report (tokenuni/report.py): one offline file, figures embedded, with the
+# The study's static HTML report (tokenuni/report/): one offline file, figures embedded, with the
 # config and the MLflow run id of every job. The last step: its inputs are every table and figure target
 # and the MLflow sync's output. It is not an MLflow run itself (the sync, one of its inputs, would then
 # depend on it).
