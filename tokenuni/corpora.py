@@ -135,7 +135,7 @@ class _Lines:
 
 
 # -- reading files ---------------------------------------------------------------------------------
-def _read_lines(path: Path, name: str) -> _Lines:
+def read_file_lines(path: Path, name: str) -> _Lines:
     """Decode ``path`` as strict UTF-8, strip a BOM and line endings; error names the file and line."""
     if not path.is_file():
         raise CorpusError(f"mirror file not found: {path}")
@@ -264,7 +264,7 @@ def read_sts_semeval(source: _Lines, options: dict) -> Iterator[Example]:
     gold_path = source.path.with_name(source.path.name.replace(".input.", ".gs."))
     if gold_path == source.path:
         raise CorpusError(f"{source.path}: an STS input file is named STS*.input.<name>.txt")
-    gold = _read_lines(gold_path, source.name)
+    gold = read_file_lines(gold_path, source.name)
     if len(gold.lines) != len(source.lines):
         raise CorpusError(f"{source.path} has {len(source.lines)} lines but its gold file {gold_path} "
                           f"has {len(gold.lines)}")
@@ -297,7 +297,7 @@ def read_sst2(source: _Lines, options: dict) -> Iterator[Example]:
                           "or index, sentence)")
 
 
-def _read_glue_pairs(source: _Lines, first: str, second: str, label: str,
+def read_glue_pairs(source: _Lines, first: str, second: str, label: str,
                      labels: tuple[str, ...] | None = None) -> Iterator[Example]:
     """A GLUE file with a header: the pair and the label found by column name; every row has the header's
     field count; labels (when the file has the label column and ``labels`` is given) in that set."""
@@ -316,12 +316,12 @@ def _read_glue_pairs(source: _Lines, first: str, second: str, label: str,
 
 def read_mrpc(source: _Lines, options: dict) -> Iterator[Example]:
     """GLUE MRPC: ``Quality, #1 ID, #2 ID, #1 String, #2 String`` (test: ``index`` for Quality)."""
-    return _read_glue_pairs(source, "#1 String", "#2 String", "Quality", FORMAT_LABELS["mrpc"])
+    return read_glue_pairs(source, "#1 String", "#2 String", "Quality", FORMAT_LABELS["mrpc"])
 
 
 def read_rte(source: _Lines, options: dict) -> Iterator[Example]:
     """GLUE RTE: ``index, sentence1, sentence2, label`` (test without label)."""
-    return _read_glue_pairs(source, "sentence1", "sentence2", "label", FORMAT_LABELS["rte"])
+    return read_glue_pairs(source, "sentence1", "sentence2", "label", FORMAT_LABELS["rte"])
 
 
 COLA_FIELDS = ("source", "label", "original_mark", "sentence")
@@ -401,7 +401,7 @@ def read_mirror(fmt: str, files: list[str], root: str | Path, options: dict | No
     root = Path(root).expanduser()
     examples: list[Example] = []
     for name in files:
-        source = _read_lines(root / name, name)
+        source = read_file_lines(root / name, name)
         before = len(examples)
         examples.extend(MIRROR_FORMATS[fmt](source, options or {}))
         log.info("read %d %s examples from %s%s", len(examples) - before, fmt, root / name,

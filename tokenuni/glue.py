@@ -88,6 +88,9 @@ GLUE_TASKS: dict[str, dict] = {
              "columns": ("sentence1", "sentence2", "gold_label")},
 }
 
+for _name, _spec in GLUE_TASKS.items():  # resolved once: a spec carries its name and whether it regresses
+    _spec["name"], _spec["regression"] = _name, _spec["kind"] == "regression"
+
 #: (train, dev) examples of each available task in the shared mirror (shared/data/README.md, verified).
 GLUE_MIRROR_COUNTS: dict[str, tuple[int, int]] = {
     "sst2": (67349, 872), "mrpc": (3668, 408), "rte": (2490, 277), "cola": (8551, 1043), "stsb": (5749, 1500),
@@ -101,9 +104,12 @@ class GlueDataError(CorpusError):
 
 
 def task_spec(task: str | dict) -> dict:
-    """The :data:`GLUE_TASKS` entry of ``task`` (a name, case-insensitive, or an entry itself, returned as is)."""
+    """The :data:`GLUE_TASKS` entry of ``task`` (a name, case-insensitive, or an entry itself: returned as is
+    when it carries ``name`` and ``regression``, else completed)."""
     if isinstance(task, dict):
-        return task
+        if "name" in task and "regression" in task:
+            return task
+        return {**task, "name": task.get("name", "task"), "regression": task.get("kind") == "regression"}
     key = str(task).lower().replace("-", "").replace("_", "")
     if key not in GLUE_TASKS:
         raise GlueDataError(f"unknown GLUE task {task!r}; known: {', '.join(GLUE_TASKS)}")
@@ -111,8 +117,7 @@ def task_spec(task: str | dict) -> dict:
 
 
 def _task_name(task: str | dict) -> str:
-    spec = task_spec(task)
-    return next((name for name, entry in GLUE_TASKS.items() if entry is spec), str(task))
+    return task_spec(task).get("name", str(task))
 
 
 # -- metrics ---------------------------------------------------------------------------------------
@@ -193,10 +198,10 @@ def _mirror_root(mirror_root) -> Path:
 def _read_by_columns(path: Path, name: str, columns: tuple[str, str, str], labels) -> list[Example]:
     """QNLI / QQP / MNLI: tab-separated with a header; sentence pair and label found by column name, every
     row with the header's field count and a label in ``labels``."""
-    from tokenuni.corpora import _read_glue_pairs, _read_lines
+    from tokenuni.corpora import read_file_lines, read_glue_pairs
 
     first, second, label = columns
-    return list(_read_glue_pairs(_read_lines(path, name), first, second, label, tuple(labels)))
+    return list(read_glue_pairs(read_file_lines(path, name), first, second, label, tuple(labels)))
 
 
 def load_task(task: str | dict, split: str, mirror_root=None, max_examples: int | None = None,

@@ -153,15 +153,15 @@ def run_finetune(model_spec: dict, *, model_key: str, task: str, variant_name: s
     from tokenuni.glue import load_task, task_spec
 
     lap("imports")
-    spec = task_spec(task)
-    train = load_task(task, "train", mirror_root, max_examples=settings.get("max_train_examples"), seed=0)
-    dev = load_task(task, "dev", mirror_root, max_examples=settings.get("max_dev_examples"), seed=0)
+    spec = task_spec(task)  # resolved once; the spec itself goes on to loading, training and scoring
+    train = load_task(spec, "train", mirror_root, max_examples=settings.get("max_train_examples"), seed=0)
+    dev = load_task(spec, "dev", mirror_root, max_examples=settings.get("max_dev_examples"), seed=0)
     lap("data")
     set_seed(seed)  # before the head is initialised
     tokenizer, encoder = load_model(model_spec, device)
     # capped at the positions the model takes (RoBERTa/MPNet: max_position_embeddings - padding_idx - 1)
     settings = {**settings, "max_length": effective_max_length({"max_length": settings["max_length"]}, encoder)}
-    regression = spec["kind"] == "regression"
+    regression = spec["regression"]
     model = GlueModel(encoder, num_labels=spec["num_labels"], regression=regression, variant=variant)
     lap("model_load")
     train_data = Encoded(tokenizer, *train, settings["max_length"])
@@ -171,7 +171,7 @@ def run_finetune(model_spec: dict, *, model_key: str, task: str, variant_name: s
     states = DevStates(dev_data, model_key=model_key, task=task, family=model.family,
                        max_sentences=settings.get("geometry_max_sentences"))
     try:
-        summary = finetune(model, tokenizer, task, train_data, dev_data, epochs=settings["epochs"], lr=settings["lr"],
+        summary = finetune(model, tokenizer, spec, train_data, dev_data, epochs=settings["epochs"], lr=settings["lr"],
                            batch_size=settings["batch_size"], max_length=settings["max_length"],
                            weight_decay=settings["weight_decay"], warmup_ratio=settings["warmup_ratio"],
                            grad_accumulation=settings["grad_accumulation"], seed=seed, device=device,

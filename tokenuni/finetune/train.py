@@ -255,7 +255,7 @@ def _evaluate(model, encoded: Encoded, task: dict, batch_size: int, device, prec
     import torch
 
     logits = _infer(model, encoded, batch_size, device, precision, on_batch=on_batch)
-    regression = task["kind"] == "regression"
+    regression = task["regression"]
     metrics = glue_metrics(task, _to_predictions(logits), encoded.labels)
     loss = task_loss(torch.as_tensor(logits), torch.as_tensor(encoded.labels), regression)
     metrics["loss"] = float(loss)
@@ -298,8 +298,8 @@ def finetune(model, tokenizer, task, train, dev, *, epochs: int, lr: float, batc
 
     started = time.perf_counter()
     spec = task_spec(task)
-    task_name = task if isinstance(task, str) else spec.get("name", "task")
-    regression = spec["kind"] == "regression"
+    task_name = spec["name"]
+    regression = spec["regression"]
     if epochs < 1 or batch_size < 1 or grad_accumulation < 1 or log_every < 1:
         raise ValueError("epochs, batch_size, grad_accumulation and log_every must be >= 1")
     if eval_every is not None and eval_every < 1:
