@@ -42,15 +42,22 @@ class Figure:
 
 
 def rule_captions(rules_dir: Path) -> dict[str, Path]:
-    """rule name -> its figure caption file, read from the ``report(..., caption=...)`` of ``*.smk``."""
+    """rule name -> its figure caption file, read from the ``report(..., caption=...)`` of ``*.smk``, and from the
+    entries of figures.smk's ``FIGURE_RULES`` table (``"<rule>": dict(... caption="<name>" ...)`` ->
+    ``workflow/report/<name>.rst``)."""
     captions = {}
     for smk in sorted(Path(rules_dir).glob("*.smk")) if rules_dir and Path(rules_dir).is_dir() else []:
         text = smk.read_text(encoding="utf-8")
         for block in re.split(r"^(?=rule\s+\w+\s*:)", text, flags=re.M):
             rule = re.match(r"rule\s+(\w+)\s*:", block)
-            caption = re.search(r"caption\s*=\s*[\"']([^\"']+)[\"']", block)
+            caption = re.search(r"caption\s*=\s*[\"']([^\"'{}]+)[\"']", block)
             if rule and caption:
                 captions[rule.group(1)] = (smk.parent / caption.group(1)).resolve()
+        for entry in re.split(r"^(?=\s*\"\w+\": dict\()", text, flags=re.M):
+            rule = re.match(r"\s*\"(\w+)\": dict\(", entry)
+            caption = re.search(r"\bcaption=\"(\w+)\"", entry)
+            if rule and caption:
+                captions[rule.group(1)] = (smk.parent.parent / "report" / f"{caption.group(1)}.rst").resolve()
     return captions
 
 

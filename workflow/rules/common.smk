@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shlex
 import sys
 
 from snakemake.exceptions import WorkflowError
@@ -206,6 +207,11 @@ def all_sts_files(kind="scores"):
     return [
         f"{RESULTS}/sts/{m}/{p}/{t}/{kind}.parquet" for m in MODELS for p in STS_POOLINGS for t in STS_TRANSFORMS
     ]
+
+
+def extra_figure_tables(wildcards, input):
+    """``--<name> <path>`` for every input table of a figure rule but the drawn one (``table``)."""
+    return " ".join(f"--{name} {shlex.quote(str(input[name]))}" for name in input.keys() if name != "table")
 
 
 def all_targets(report=True):

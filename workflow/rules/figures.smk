@@ -47,32 +47,6 @@ if FT_MODELS:
     )
 
 
-rule figure_singular_value_cdf:
-    input:
-        table=metric_table("{model}", "{corpus}", "spectrum"),
-    output:
-        png=report(
-            f"{FIGURES}/{{model}}/{{corpus}}/singular_value_cdf.png",
-            caption="../report/singular_value_cdf.rst",
-            category="2 Singular-value spectrum",
-            subcategory="{model} · {corpus}",
-        ),
-        svg=f"{FIGURES}/{{model}}/{{corpus}}/singular_value_cdf.svg",
-        pdf=f"{FIGURES}/{{model}}/{{corpus}}/singular_value_cdf.pdf",
-        record=record("figure_singular_value_cdf", "model", "corpus"),
-    params:
-        model_label=lambda wildcards: MODEL_SPECS[wildcards.model]["id"],
-        job=job("figure_singular_value_cdf"),
-    conda:
-        CONDA_ENV
-    log:
-        f"{RESULTS}/logs/figure_singular_value_cdf/{{model}}__{{corpus}}.log",
-    shell:
-        "python -m tokenuni figure singular-value-cdf --table {input.table:q} --model-label {params.model_label:q}"
-        " --png {output.png:q} --svg {output.svg:q} --pdf {output.pdf:q} --record {output.record:q}"
-        " --job {params.job:q} 2> {log:q}"
-
-
 rule figure_by_layer:
     input:
         tables=lambda wildcards: all_metric_tables([BY_LAYER_FIGURES[wildcards.row]]),
@@ -101,212 +75,127 @@ rule figure_by_layer:
         " --record {output.record:q} --job {params.job:q}) 2> {log:q}"
 
 
-rule figure_geometry_panels:
-    input:
-        table=f"{RESULTS}/tables/metrics.parquet",
-    output:
-        png=report(
-            f"{FIGURES}/geometry_by_layer.png",
-            caption="../report/geometry_by_layer.rst",
-            category="1 Geometry by layer",
-            subcategory="all metrics",
-        ),
-        svg=f"{FIGURES}/geometry_by_layer.svg",
-        pdf=f"{FIGURES}/geometry_by_layer.pdf",
-        record=record("figure_geometry_panels"),
-    params:
-        model_labels=MODEL_LABELS,
-        job=job("figure_geometry_panels"),
-    conda:
-        CONDA_ENV
-    log:
-        f"{RESULTS}/logs/figure_geometry_panels.log",
-    shell:
-        "python -m tokenuni figure geometry-panels --table {input.table:q} --model-labels {params.model_labels:q}"
-        " --png {output.png:q} --svg {output.svg:q} --pdf {output.pdf:q} --record {output.record:q}"
-        " --job {params.job:q} 2> {log:q}"
+# Every figure but the one-metric ones is one rule made from this table: rule name -> the `tokenuni figure`
+# kind (tokenuni/figure_kinds.py), its input tables (the drawn one first, as `table`; others are passed as
+# --<name>), its file under figures/ (wildcards in braces; .png/.svg/.pdf), the report's caption, category and
+# subcategory, and the command's options from the wildcards. Record and log paths follow from the name and
+# the wildcards.
+FIGURE_RULES = {
+    "figure_singular_value_cdf": dict(
+        kind="singular-value-cdf",
+        inputs={"table": metric_table("{model}", "{corpus}", "spectrum")},
+        figure="{model}/{corpus}/singular_value_cdf",
+        caption="singular_value_cdf",
+        category="2 Singular-value spectrum",
+        subcategory="{model} · {corpus}",
+        options=lambda wildcards: f"--model-label {shlex.quote(MODEL_SPECS[wildcards.model]['id'])}",
+    ),
+    "figure_geometry_panels": dict(
+        kind="geometry-panels",
+        inputs={"table": f"{RESULTS}/tables/metrics.parquet"},
+        figure="geometry_by_layer",
+        caption="geometry_by_layer",
+        category="1 Geometry by layer",
+        subcategory="all metrics",
+    ),
+    "figure_oversmoothing": dict(
+        kind="oversmoothing",
+        inputs={"table": f"{RESULTS}/tables/metrics.parquet"},
+        figure="oversmoothing_by_layer",
+        caption="oversmoothing_by_layer",
+        category="1 Geometry by layer",
+        subcategory="over-smoothing",
+    ),
+    "figure_checkpoints": dict(
+        kind="checkpoints",
+        inputs={"table": f"{RESULTS}/tables/metrics.parquet"},
+        figure="checkpoints/metrics_by_step",
+        caption="metrics_by_step",
+        category="4 Training checkpoints",
+        subcategory="metrics by step",
+    ),
+    "figure_sts_scores": dict(
+        kind="sts-scores",
+        inputs={"table": f"{RESULTS}/tables/sts.parquet"},
+        figure="sts/{pooling}/scores",
+        caption="sts_scores",
+        category="5 Unsupervised STS",
+        subcategory="{pooling}",
+        options=lambda wildcards: f"--pooling {wildcards.pooling}",
+    ),
+    "figure_sts_geometry": dict(
+        kind="sts-geometry",
+        inputs={"table": f"{RESULTS}/tables/sts_geometry.tsv"},
+        figure="sts/{pooling}/geometry",
+        caption="sts_geometry",
+        category="5 Unsupervised STS",
+        subcategory="{pooling}",
+        options=lambda wildcards: f"--pooling {wildcards.pooling}",
+    ),
+    "figure_sts_table": dict(
+        kind="sts-table",
+        inputs={"table": f"{RESULTS}/tables/sts.parquet"},
+        figure="sts/{model}/sts_table",
+        caption="sts_table",
+        category="5 Unsupervised STS",
+        subcategory="table",
+        options=lambda wildcards: f"--model {shlex.quote(wildcards.model)}",
+    ),
+    "figure_finetune_scores": dict(
+        kind="finetune-scores",
+        inputs={
+            "table": f"{RESULTS}/tables/finetune.parquet",
+            "summary": f"{RESULTS}/tables/finetune_summary.parquet",
+        },
+        figure="finetune/scores",
+        caption="finetune_scores",
+        category="6 GLUE fine-tuning",
+        subcategory="scores",
+    ),
+    "figure_finetune_isotropy": dict(
+        kind="finetune-isotropy",
+        inputs={
+            "table": f"{RESULTS}/tables/finetune.parquet",
+            "geometry": f"{RESULTS}/tables/finetune_geometry.tsv",
+        },
+        figure="finetune/isotropy_vs_score",
+        caption="finetune_isotropy",
+        category="6 GLUE fine-tuning",
+        subcategory="isotropy vs score",
+    ),
+}
 
 
-rule figure_oversmoothing:
-    input:
-        table=f"{RESULTS}/tables/metrics.parquet",
-    output:
-        png=report(
-            f"{FIGURES}/oversmoothing_by_layer.png",
-            caption="../report/oversmoothing_by_layer.rst",
-            category="1 Geometry by layer",
-            subcategory="over-smoothing",
-        ),
-        svg=f"{FIGURES}/oversmoothing_by_layer.svg",
-        pdf=f"{FIGURES}/oversmoothing_by_layer.pdf",
-        record=record("figure_oversmoothing"),
-    params:
-        model_labels=MODEL_LABELS,
-        job=job("figure_oversmoothing"),
-    conda:
-        CONDA_ENV
-    log:
-        f"{RESULTS}/logs/figure_oversmoothing.log",
-    shell:
-        "python -m tokenuni figure oversmoothing --table {input.table:q} --model-labels {params.model_labels:q}"
-        " --png {output.png:q} --svg {output.svg:q} --pdf {output.pdf:q} --record {output.record:q}"
-        " --job {params.job:q} 2> {log:q}"
+for _name, _figure in FIGURE_RULES.items():
+    _wildcards = re.findall(r"{(\w+)}", _figure["figure"])
+    _log = f"{RESULTS}/logs/{_name}/{'__'.join(f'{{{w}}}' for w in _wildcards)}.log"
 
-
-rule figure_checkpoints:
-    input:
-        table=f"{RESULTS}/tables/metrics.parquet",
-    output:
-        png=report(
-            f"{FIGURES}/checkpoints/metrics_by_step.png",
-            caption="../report/metrics_by_step.rst",
-            category="4 Training checkpoints",
-            subcategory="metrics by step",
-        ),
-        svg=f"{FIGURES}/checkpoints/metrics_by_step.svg",
-        pdf=f"{FIGURES}/checkpoints/metrics_by_step.pdf",
-        record=record("figure_checkpoints"),
-    params:
-        model_labels=MODEL_LABELS,
-        job=job("figure_checkpoints"),
-    conda:
-        CONDA_ENV
-    log:
-        f"{RESULTS}/logs/figure_checkpoints.log",
-    shell:
-        "python -m tokenuni figure checkpoints --table {input.table:q} --model-labels {params.model_labels:q}"
-        " --png {output.png:q} --svg {output.svg:q} --pdf {output.pdf:q} --record {output.record:q}"
-        " --job {params.job:q} 2> {log:q}"
-
-
-rule figure_sts_scores:
-    input:
-        table=f"{RESULTS}/tables/sts.parquet",
-    output:
-        png=report(
-            f"{FIGURES}/sts/{{pooling}}/scores.png",
-            caption="../report/sts_scores.rst",
-            category="5 Unsupervised STS",
-            subcategory="{pooling}",
-        ),
-        svg=f"{FIGURES}/sts/{{pooling}}/scores.svg",
-        pdf=f"{FIGURES}/sts/{{pooling}}/scores.pdf",
-        record=record("figure_sts_scores", "pooling"),
-    params:
-        model_labels=MODEL_LABELS,
-        job=job("figure_sts_scores"),
-    conda:
-        CONDA_ENV
-    log:
-        f"{RESULTS}/logs/figure_sts_scores/{{pooling}}.log",
-    shell:
-        "python -m tokenuni figure sts-scores --table {input.table:q} --pooling {wildcards.pooling}"
-        " --model-labels {params.model_labels:q} --png {output.png:q} --svg {output.svg:q} --pdf {output.pdf:q}"
-        " --record {output.record:q} --job {params.job:q} 2> {log:q}"
-
-
-rule figure_sts_geometry:
-    input:
-        table=f"{RESULTS}/tables/sts_geometry.tsv",
-    output:
-        png=report(
-            f"{FIGURES}/sts/{{pooling}}/geometry.png",
-            caption="../report/sts_geometry.rst",
-            category="5 Unsupervised STS",
-            subcategory="{pooling}",
-        ),
-        svg=f"{FIGURES}/sts/{{pooling}}/geometry.svg",
-        pdf=f"{FIGURES}/sts/{{pooling}}/geometry.pdf",
-        record=record("figure_sts_geometry", "pooling"),
-    params:
-        model_labels=MODEL_LABELS,
-        job=job("figure_sts_geometry"),
-    conda:
-        CONDA_ENV
-    log:
-        f"{RESULTS}/logs/figure_sts_geometry/{{pooling}}.log",
-    shell:
-        "python -m tokenuni figure sts-geometry --table {input.table:q} --pooling {wildcards.pooling}"
-        " --model-labels {params.model_labels:q} --png {output.png:q} --svg {output.svg:q} --pdf {output.pdf:q}"
-        " --record {output.record:q} --job {params.job:q} 2> {log:q}"
-
-
-rule figure_sts_table:
-    input:
-        table=f"{RESULTS}/tables/sts.parquet",
-    output:
-        png=report(
-            f"{FIGURES}/sts/{{model}}/sts_table.png",
-            caption="../report/sts_table.rst",
-            category="5 Unsupervised STS",
-            subcategory="table",
-        ),
-        svg=f"{FIGURES}/sts/{{model}}/sts_table.svg",
-        pdf=f"{FIGURES}/sts/{{model}}/sts_table.pdf",
-        record=record("figure_sts_table", "model"),
-    params:
-        model_labels=MODEL_LABELS,
-        job=job("figure_sts_table"),
-    conda:
-        CONDA_ENV
-    log:
-        f"{RESULTS}/logs/figure_sts_table/{{model}}.log",
-    shell:
-        "python -m tokenuni figure sts-table --table {input.table:q} --model {wildcards.model:q}"
-        " --model-labels {params.model_labels:q} --png {output.png:q} --svg {output.svg:q} --pdf {output.pdf:q}"
-        " --record {output.record:q} --job {params.job:q} 2> {log:q}"
-
-
-rule figure_finetune_scores:
-    input:
-        table=f"{RESULTS}/tables/finetune.parquet",
-        summary=f"{RESULTS}/tables/finetune_summary.parquet",
-    output:
-        png=report(
-            f"{FIGURES}/finetune/scores.png",
-            caption="../report/finetune_scores.rst",
-            category="6 GLUE fine-tuning",
-            subcategory="scores",
-        ),
-        svg=f"{FIGURES}/finetune/scores.svg",
-        pdf=f"{FIGURES}/finetune/scores.pdf",
-        record=record("figure_finetune_scores"),
-    params:
-        model_labels=MODEL_LABELS,
-        job=job("figure_finetune_scores"),
-    conda:
-        CONDA_ENV
-    log:
-        f"{RESULTS}/logs/figure_finetune_scores.log",
-    shell:
-        "python -m tokenuni figure finetune-scores --table {input.table:q} --summary {input.summary:q}"
-        " --model-labels {params.model_labels:q}"
-        " --png {output.png:q} --svg {output.svg:q} --pdf {output.pdf:q} --record {output.record:q}"
-        " --job {params.job:q} 2> {log:q}"
-
-
-rule figure_finetune_isotropy:
-    input:
-        table=f"{RESULTS}/tables/finetune.parquet",
-        geometry=f"{RESULTS}/tables/finetune_geometry.tsv",
-    output:
-        png=report(
-            f"{FIGURES}/finetune/isotropy_vs_score.png",
-            caption="../report/finetune_isotropy.rst",
-            category="6 GLUE fine-tuning",
-            subcategory="isotropy vs score",
-        ),
-        svg=f"{FIGURES}/finetune/isotropy_vs_score.svg",
-        pdf=f"{FIGURES}/finetune/isotropy_vs_score.pdf",
-        record=record("figure_finetune_isotropy"),
-    params:
-        model_labels=MODEL_LABELS,
-        job=job("figure_finetune_isotropy"),
-    conda:
-        CONDA_ENV
-    log:
-        f"{RESULTS}/logs/figure_finetune_isotropy.log",
-    shell:
-        "python -m tokenuni figure finetune-isotropy --table {input.table:q} --geometry {input.geometry:q}"
-        " --model-labels {params.model_labels:q} --png {output.png:q} --svg {output.svg:q} --pdf {output.pdf:q}"
-        " --record {output.record:q} --job {params.job:q} 2> {log:q}"
+    rule:
+        name:
+            _name
+        input:
+            **_figure["inputs"],
+        output:
+            png=report(
+                f"{FIGURES}/{_figure['figure']}.png",
+                caption=f"../report/{_figure['caption']}.rst",
+                category=_figure["category"],
+                subcategory=_figure["subcategory"],
+            ),
+            svg=f"{FIGURES}/{_figure['figure']}.svg",
+            pdf=f"{FIGURES}/{_figure['figure']}.pdf",
+            record=record(_name, *_wildcards),
+        params:
+            kind=_figure["kind"],
+            options=_figure.get("options", ""),
+            tables=extra_figure_tables,
+            model_labels=MODEL_LABELS,
+            job=job(_name),
+        conda:
+            CONDA_ENV
+        log:
+            _log if _wildcards else f"{RESULTS}/logs/{_name}.log",
+        shell:
+            "python -m tokenuni figure {params.kind} --table {input.table:q} {params.tables} {params.options}"
+            " --model-labels {params.model_labels:q} --png {output.png:q} --svg {output.svg:q} --pdf {output.pdf:q}"
+            " --record {output.record:q} --job {params.job:q} 2> {log:q}"
