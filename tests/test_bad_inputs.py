@@ -1026,7 +1026,7 @@ def test_clusters_k_max_above_the_sample_is_lowered_once_and_recorded(tmp_path, 
 
 
 def test_a_whitening_that_zeroes_directions_says_so_and_records_the_k_used(tmp_path, caplog):
-    from tokenuni.unsupervised_sts import evaluate_transform
+    from tokenuni.sts.evaluation import evaluate_transform
 
     from test_sts import _synthetic
 

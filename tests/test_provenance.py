@@ -164,7 +164,7 @@ def test_the_statistics_carry_the_provenance_and_their_readers_check_it(minilm_d
 def test_sentence_files_are_checked_by_sts(stsb_corpus, tmp_path):
     from tokenuni.corpora import read_corpus
     from tokenuni.sentences import CORPUS_COLUMNS, read_sentences, write_sentences
-    from tokenuni.unsupervised_sts import evaluate_transform
+    from tokenuni.sts.evaluation import evaluate_transform
 
     corpus = read_corpus(stsb_corpus)
     vectors = np.random.default_rng(0).normal(size=(corpus.num_rows, 8))

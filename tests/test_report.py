@@ -299,7 +299,8 @@ def findings_study(tmp_path_factory) -> Path:
     the STS stage's own function), the fine-tuning summary with its Markdown (likewise), and one figure."""
     from tokenuni.finetune.summary import summary_markdown
     from tokenuni.metrics import normalise_tidy
-    from tokenuni.unsupervised_sts import SCORE_COLUMNS, write_summary
+    from tokenuni.sts.evaluation import SCORE_COLUMNS
+    from tokenuni.sts.summary import write_summary
 
     results = tmp_path_factory.mktemp("findings") / "results"
     tables = results / "tables"

@@ -315,7 +315,7 @@ def cmd_sentences(args) -> None:
 def cmd_sts(args) -> None:
     from tokenuni.devices import select_device
     from tokenuni.tables import write_table
-    from tokenuni.unsupervised_sts import evaluate_transform
+    from tokenuni.sts.evaluation import evaluate_transform
 
     _set_threads(args.threads)
     device = select_device(args.device)
@@ -352,7 +352,7 @@ def cmd_sts_table(args) -> None:
     import pandas as pd
 
     from tokenuni.tables import write_table
-    from tokenuni.unsupervised_sts import write_summary
+    from tokenuni.sts.summary import write_summary
 
     with _job_run(args, {"inputs": len(args.scores)}) as run:
         scores = pd.concat([pd.read_parquet(p) for p in args.scores], ignore_index=True)

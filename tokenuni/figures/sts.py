@@ -24,10 +24,11 @@ from matplotlib import colormaps
 from tokenuni.figures.style import (FigureError, FIGSIZE, TABLE_FIGSIZE, _check_columns, _figure_legend, _new_panels,
                                     _set_title, _variant_name, model_colours, model_labels, panels_of,
                                     save_figure)
+from tokenuni.sts.scoring import STSError
+from tokenuni.sts.summary import headline_scores
 
 SCORE_LABEL = "Spearman ρ × 100"
 AVERAGE = "avg."
-SUBSET_PROTOCOLS = ("mean_over_subsets", "concatenated")
 
 # (metric row, variant or None, panel title), from the row catalogue
 STS_GEOMETRY_PANELS = panels_of("sts_geometry_panels")
@@ -46,18 +47,12 @@ def _transform_colours(transforms) -> dict[str, tuple]:
 
 
 def sts_headline(scores: pd.DataFrame, sts_subsets: str = "mean_over_subsets") -> pd.DataFrame:
-    """One Spearman per (model, pooling, transform, dataset): the ``all`` row, or for datasets made of
-    subsets (STS12–16) the ``sts_subsets`` protocol (mean over subsets or concatenation)."""
-    _check_columns(scores, ["model", "pooling", "transform", "dataset", "protocol", "spearman"])
-    if sts_subsets not in SUBSET_PROTOCOLS:
-        raise FigureError(f"sts_subsets must be one of {SUBSET_PROTOCOLS}, not {sts_subsets!r}")
-    rows = scores[scores["protocol"].isin(["all", sts_subsets])].copy()
-    if rows.empty:
-        raise FigureError(f"the STS table holds no 'all' or {sts_subsets!r} rows; protocols present: "
-                          f"{sorted(map(str, scores['protocol'].unique()))}")
-    for column in ("model", "pooling", "transform", "dataset"):
-        rows[column] = rows[column].astype(str)
-    return rows
+    """One Spearman per (model, pooling, transform, dataset), as the STS summary chooses it
+    (:func:`tokenuni.sts.summary.headline_scores`); a FigureError when the table cannot give it."""
+    try:
+        return headline_scores(scores, sts_subsets)
+    except STSError as error:
+        raise FigureError(str(error)) from None
 
 
 def _select_pooling(rows: pd.DataFrame, pooling: str, what: str) -> pd.DataFrame:

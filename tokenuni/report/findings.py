@@ -102,7 +102,7 @@ def sts_findings(scores, rels: set[str]) -> list[Finding]:
     """Per model (pooling ``mean_last`` where the study has it, else its first): the best and the worst
     transform against no transform (the identity), by the mean Spearman over the STS datasets of the STS
     summary (STS12–16 as the mean over their subsets), as its table prints it."""
-    from tokenuni.unsupervised_sts import summary_tables
+    from tokenuni.sts.summary import summary_tables
 
     wide = summary_tables(scores)["spearman_mean_over_subsets"]
     identity = set(scores.loc[scores["transform_type"] == "identity", "transform"]) if "transform_type" in scores \

@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import math
 import re
-import sys
 from pathlib import PurePosixPath
 
 import numpy as np
@@ -178,17 +177,3 @@ def split_by_dataset(pairs: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """
     keys = pairs["subset"].map(lambda s: sts_dataset_key(s) or s)
     return {key: group.reset_index(drop=True) for key, group in pairs.groupby(keys, sort=False)}
-
-
-class _CallableModule(type(sys.modules[__name__])):
-    """``tokenuni.sts`` is this module and, called, the notebook API's :func:`tokenuni.api.sts`: the import
-    system binds the submodule ``tokenuni.sts`` to the package's attribute ``sts``, so the notebook's
-    ``tokenuni.sts(model, pairs, scores)`` must be the module itself."""
-
-    def __call__(self, model, pairs, scores, pooling="mean", transform="none", **options):
-        from tokenuni.api import sts
-
-        return sts(model, pairs, scores, pooling=pooling, transform=transform, **options)
-
-
-sys.modules[__name__].__class__ = _CallableModule

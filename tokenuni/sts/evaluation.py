@@ -4,7 +4,7 @@ Protocol (Yan et al., UAI 2022 §5; Su et al., 2021; Rajaee & Pilehvar, ACL 2021
 embeddings (:mod:`tokenuni.sentences`), a transform (:mod:`tokenuni.transforms`) fit either on each
 evaluation dataset's own sentences (``fit_on: pool``, what the papers do) or once on another corpus
 (``fit_on: <corpus key>``, e.g. WikiText), cosine similarity of the two sentences of a pair, Spearman and
-Pearson × 100 (:mod:`tokenuni.sts`). STS12–16 are reported both as the mean over their subsets (the
+Pearson × 100 (:mod:`tokenuni.sts.scoring`). STS12–16 are reported both as the mean over their subsets (the
 tokenUni table) and as the concatenation of their subsets (SentEval's "all"), labelled by ``protocol``.
 
 Beside the correlations, the geometry of the transformed embeddings (average cosine, IsoScore, I(V),
@@ -59,7 +59,7 @@ def evaluate_transform(sentence_files: dict[str, Path], datasets: list[str], *, 
     """
     from tokenuni.metrics import metric_on_matrix
     from tokenuni.sentences import read_sentences, sentences_metadata
-    from tokenuni.sts import STSError, check_pair_count, pair_cosines, sts_correlations, sts_dataset_key
+    from tokenuni.sts.scoring import STSError, check_pair_count, pair_cosines, sts_correlations, sts_dataset_key
     from tokenuni.transforms import make_transform
 
     kind, params = transform_spec["type"], dict(transform_spec.get("params") or {})
@@ -119,72 +119,3 @@ def evaluate_transform(sentence_files: dict[str, Path], datasets: list[str], *, 
     for column in ("sample_size", "seed"):
         geometry_table[column] = geometry_table[column].astype("Int64")
     return score_table, geometry_table
-
-
-# -- the papers' table ---------------------------------------------------------------------------------
-def _headline(scores: pd.DataFrame, protocol_for_multi: str) -> pd.DataFrame:
-    """One Spearman per (model, pooling, transform, dataset): 'all', or ``protocol_for_multi`` for STS12–16."""
-    single = scores[scores["protocol"] == "all"]
-    multi = scores[scores["protocol"] == protocol_for_multi]
-    return pd.concat([single, multi], ignore_index=True)
-
-
-def summary_tables(scores: pd.DataFrame, geometry: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
-    """Spearman × 100 shaped like the papers' tables: rows (model, pooling, transform), columns datasets + mean.
-
-    Two tables, one per STS12–16 protocol (mean over subsets / concatenated); and, with ``geometry``,
-    isotropy beside STS: per row the mean Spearman and the rows of the catalogue's view ``sts_isotropy``
-    (average cosine, IsoScore, I(V), singular-value skewness) of the transformed embeddings of the first dataset.
-    """
-    from tokenuni.metrics.rows import view
-
-    keys = ["model", "pooling", "transform"]
-    datasets = list(dict.fromkeys(scores["dataset"]))
-    out = {}
-    for protocol in ("mean_over_subsets", "concatenated"):
-        headline = _headline(scores, protocol)
-        wide = headline.pivot_table(index=keys, columns="dataset", values="spearman", sort=False)
-        wide = wide.reindex(columns=[d for d in datasets if d in wide.columns])
-        wide["mean"] = wide.mean(axis=1)
-        out[f"spearman_{protocol}"] = wide.round(2)
-    if geometry is not None and len(geometry):
-        reference = datasets[0]
-        picks = {r.column: (r.name, r.headline_variant) for r in view("sts_isotropy")}
-        side = out["spearman_mean_over_subsets"][["mean"]].rename(columns={"mean": "mean Spearman"})
-        for label, (metric, variant) in picks.items():
-            rows = geometry[(geometry["dataset"] == reference) & (geometry["metric"] == metric)
-                            & (geometry["variant"].fillna("") == variant)]
-            if len(rows):
-                side[f"{label} ({reference})"] = rows.set_index(keys)["value"].reindex(side.index)
-        out["isotropy_beside_sts"] = side.round(4)
-    return out
-
-
-TITLES = {
-    "spearman_mean_over_subsets": "Spearman × 100 (STS12–16: mean over subsets, as the tokenUni table)",
-    "spearman_concatenated": "Spearman × 100 (STS12–16: subsets concatenated, as SentEval's 'all')",
-    "isotropy_beside_sts": "Isotropy of the transformed embeddings beside the mean Spearman",
-}
-
-
-def write_summary(scores: pd.DataFrame, geometry: pd.DataFrame | None, markdown_path, html_path) -> dict:
-    """Write the papers'-style summary as Markdown and HTML (atomically); returns the tables."""
-    from tokenuni.files import atomic_path
-    from tokenuni.tables import to_markdown
-
-    tables = summary_tables(scores, geometry)
-    parts_md = ["# Unsupervised STS", "",
-                "Cosine similarity of pooled sentence embeddings; `fit_on` of each transform in sts.tsv.", ""]
-    parts_html = ["<html><head><meta charset='utf-8'><title>tokenuni STS</title><style>"
-                  "body{font-family:sans-serif} table{border-collapse:collapse;margin-bottom:2em}"
-                  "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}</style></head><body>",
-                  "<h1>Unsupervised STS</h1>"]
-    for name, table in tables.items():
-        parts_md += [f"## {TITLES[name]}", "", to_markdown(table), ""]
-        parts_html += [f"<h2>{TITLES[name]}</h2>", table.to_html(float_format=lambda v: f"{v:.4g}", na_rep="")]
-    parts_html.append("</body></html>")
-    with atomic_path(markdown_path) as tmp:
-        Path(tmp).write_text("\n".join(parts_md), encoding="utf-8")
-    with atomic_path(html_path) as tmp:
-        Path(tmp).write_text("\n".join(parts_html), encoding="utf-8")
-    return tables
