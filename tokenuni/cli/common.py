@@ -1,0 +1,76 @@
+"""What every ``tokenuni`` command shares: JSON arguments, the device and job options, the job's MLflow run
+record, the GPU lease, the expected provenance of its inputs."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from contextlib import nullcontext
+from pathlib import Path
+
+log = logging.getLogger("tokenuni")
+
+
+def json_argument(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({error}): {text[:200]}") from None
+
+
+def add_device_arguments(p) -> None:
+    """--device (auto: CUDA when present) and --threads (CPU threads of torch), shared by the model and metric stages."""
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=None)
+
+
+def add_job_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--record", type=Path, help="write this job's MLflow run record here")
+    parser.add_argument("--job", type=json_argument, default={}, help='{"rule": ..., "wildcards": {...}} for the record')
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def job_run(args, params: dict):
+    if not args.record:
+        return nullcontext(None)
+    from tokenuni.tracking import JobRun
+
+    # live logging when the workflow points at an MLflow server (set by workflow/rules/common.smk)
+    run = JobRun(args.record, rule=args.job.get("rule", args.command), wildcards=args.job.get("wildcards", {}),
+                 params=params, live_tracking_uri=os.environ.get("TOKENUNI_MLFLOW_LIVE_URI"),
+                 experiment=os.environ.get("TOKENUNI_MLFLOW_EXPERIMENT"))
+    if "CUDA_VISIBLE_DEVICES" in os.environ:  # the GPU lease (or SLURM) chose the devices
+        run.set_tags({"tokenuni.cuda_visible_devices": os.environ["CUDA_VISIBLE_DEVICES"]})
+    return run
+
+
+def lease_for(args):
+    """Stages that take ``--device`` lease one GPU before torch touches CUDA (see gpu_lease), unless the
+    device is ``cpu`` or names one explicitly (``cuda:1``: the caller chose it)."""
+    if getattr(args, "device", "cpu") not in ("auto", "cuda"):
+        return nullcontext([])
+    from tokenuni.gpu_lease import lease_gpu
+
+    return lease_gpu(1)
+
+
+def expected_inputs(args, corpus: str | None = None) -> dict | None:
+    """What the dump or sentence files a stage reads must have been written for (``--expect-model``)."""
+    if not getattr(args, "expect_model", None):
+        return None
+    from tokenuni.sources import expected_provenance
+
+    return expected_provenance(args.expect_model, corpus)
+
+
+def add_expect_model(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--expect-model", type=json_argument, default=None,
+                        help="the model's config entry (as embed got it): stop unless the input was written for it")
+
+
+def set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
