@@ -74,3 +74,16 @@ def set_threads(threads: int | None) -> None:
         import torch
 
         torch.set_num_threads(threads)
+
+
+def add_reader_arguments(parser: argparse.ArgumentParser, keys_for: str | None = None) -> None:
+    """The options of a stage that reads a dump or sentence files a model wrote: ``--model``/``--corpus`` keys
+    (``keys_for``: what they label, e.g. "the table"; None: the stage names them itself) and ``--out``, then
+    the device, the model the input must have been written for, and the job's record."""
+    if keys_for is not None:
+        parser.add_argument("--model", required=True, help=f"model key (for {keys_for})")
+        parser.add_argument("--corpus", required=True, help=f"corpus key (for {keys_for})")
+        parser.add_argument("--out", type=Path, required=True)
+    add_device_arguments(parser)
+    add_expect_model(parser)
+    add_job_arguments(parser)

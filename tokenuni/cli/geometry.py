@@ -6,8 +6,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from tokenuni.cli.common import (add_device_arguments, add_expect_model, add_job_arguments, expected_inputs, job_run,
-                                 json_argument, set_threads)
+from tokenuni.cli.common import (add_device_arguments, add_job_arguments, add_reader_arguments,
+                                 expected_inputs, job_run, json_argument, set_threads)
 from tokenuni.figure_kinds import EXTRA_TABLES, FIGURE_KINDS, draw
 
 log = logging.getLogger("tokenuni")
@@ -218,6 +218,13 @@ def cmd_figure(args) -> None:
                     run.log_artifact(path, "figures")
 
 
+def add_figure_outputs(parser) -> None:
+    """--png (for the report), --svg and --pdf (for papers) of a figure command."""
+    parser.add_argument("--png", type=Path, required=True)
+    parser.add_argument("--svg", type=Path, default=None)
+    parser.add_argument("--pdf", type=Path, default=None)
+
+
 def add_parsers(sub) -> None:
     """Register this module's commands on the ``tokenuni`` subparsers."""
     p = sub.add_parser("corpus", help="import a corpus (mirror or hub) into normalised Parquet")
@@ -241,12 +248,7 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("stats", help="one read of a dump: the statistics of every metric of the suite")
     p.add_argument("--dump", type=Path, required=True)
     p.add_argument("--plan", type=json_argument, required=True, help="the suite's plan (metrics.suite.pass_plan)")
-    p.add_argument("--model", required=True, help="model key (for the log)")
-    p.add_argument("--corpus", required=True, help="corpus key (for the log)")
-    p.add_argument("--out", type=Path, required=True)
-    add_device_arguments(p)
-    add_expect_model(p)
-    add_job_arguments(p)
+    add_reader_arguments(p, "the log")
     p.set_defaults(func=cmd_stats)
 
     p = sub.add_parser("metric", help="compute one metric for every layer (from the suite's statistics, or a dump)")
@@ -254,12 +256,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--stats", type=Path, default=None, help="the statistics of `tokenuni stats` (or embed --stats)")
     p.add_argument("--dump", type=Path, default=None, help="or stream a dump for this one metric")
     p.add_argument("--options", type=json_argument, default={})
-    p.add_argument("--model", required=True, help="model key (for the table)")
-    p.add_argument("--corpus", required=True, help="corpus key (for the table)")
-    p.add_argument("--out", type=Path, required=True)
-    add_device_arguments(p)
-    add_expect_model(p)
-    add_job_arguments(p)
+    add_reader_arguments(p, "the table")
     p.set_defaults(func=cmd_metric)
 
     p = sub.add_parser("projection", help="project a seeded token sample on each layer's principal components")
@@ -269,12 +266,7 @@ def add_parsers(sub) -> None:
                    help='{"layers": null, "sample_size": 5000, "seed": 0, "components": 3, "clusters": "mms"|k|null, ...}')
     p.add_argument("--clusters-table", type=Path, default=None,
                    help='the clusters metric table whose mms_k per layer "clusters": "mms" uses')
-    p.add_argument("--model", required=True, help="model key (for the table)")
-    p.add_argument("--corpus", required=True, help="corpus key (for the table)")
-    p.add_argument("--out", type=Path, required=True)
-    add_device_arguments(p)
-    add_expect_model(p)
-    add_job_arguments(p)
+    add_reader_arguments(p, "the table")
     p.set_defaults(func=cmd_projection)
 
     p = sub.add_parser("projection-figure", help="PCA views of a layer's tokens from a projection table")
@@ -283,9 +275,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--dims", type=int, choices=[2, 3], default=2)
     p.add_argument("--layers", type=json_argument, default=None, help="JSON list of layers (default: all in the table)")
     p.add_argument("--model-label", default=None)
-    p.add_argument("--png", type=Path, required=True)
-    p.add_argument("--svg", type=Path, default=None)
-    p.add_argument("--pdf", type=Path, default=None)
+    add_figure_outputs(p)
     add_job_arguments(p)
     p.set_defaults(func=cmd_projection_figure)
 
@@ -310,8 +300,6 @@ def add_parsers(sub) -> None:
     p.add_argument("--model", default=None, help="sts-table: the model drawn (needed when the table holds several)")
     p.add_argument("--model-label", default=None, help="display name of the table's (single) model")
     p.add_argument("--model-labels", type=json_argument, default=None, help='{"<model key>": "<display name>", ...}')
-    p.add_argument("--png", type=Path, required=True)
-    p.add_argument("--svg", type=Path, default=None)
-    p.add_argument("--pdf", type=Path, default=None)
+    add_figure_outputs(p)
     add_job_arguments(p)
     p.set_defaults(func=cmd_figure)

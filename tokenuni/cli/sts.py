@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from tokenuni.cli.common import (add_device_arguments, add_expect_model, add_job_arguments, expected_inputs, job_run,
-                                 json_argument, set_threads)
+from tokenuni.cli.common import (add_device_arguments, add_job_arguments, add_reader_arguments,
+                                 expected_inputs, job_run, json_argument, set_threads)
 
 log = logging.getLogger("tokenuni")
 
@@ -108,9 +108,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--scores", type=Path, required=True)
     p.add_argument("--geometry", type=Path, required=True)
     p.add_argument("--fitted-dir", type=Path, default=None)
-    add_device_arguments(p)
-    add_expect_model(p)
-    add_job_arguments(p)
+    add_reader_arguments(p)
     p.set_defaults(func=cmd_sts)
 
     p = sub.add_parser("sts-table", help="merge STS scores; write the papers'-style summary (Markdown, HTML)")
