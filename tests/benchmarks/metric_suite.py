@@ -54,8 +54,8 @@ json.dump(out, open(f"{sys.argv[4]}/timings.json", "w"))
 
 
 def compare(before, after) -> float:
-    """Largest deviation of ``after`` from ``before`` (relative; singular values relative to their layer's largest);
-    inf when the rows differ."""
+    """Largest deviation of ``after`` from ``before`` (relative; singular values relative to their layer's largest;
+    spreads relative to their row's value); inf when the rows differ."""
     import numpy as np
 
     key = ["layer", "metric", "variant", "component"]
@@ -73,7 +73,10 @@ def compare(before, after) -> float:
     spread = m["spread"].notna()
     if not spread.equals(m["spread_b"].notna()):
         return float("inf")
-    spreads = ((m["spread"][spread] - m["spread_b"][spread]).abs() / m["spread"][spread].abs().clip(lower=1e-300))
+    # a spread against its row's value scale: a spread that is 0 before (identical repeats) and 1e-16 after is
+    # rounding, not a result difference (relative to the spread itself it read as 1e+289)
+    spreads = ((m["spread"][spread] - m["spread_b"][spread]).abs()
+               / scale[spread].where(scale[spread] > 0, 1.0))
     return float(np.nanmax([value, spreads.max() if len(spreads) else 0.0]))
 
 
