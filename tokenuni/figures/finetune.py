@@ -42,7 +42,6 @@ from tokenuni.finetune.summary import last_layer_values as last_layer_isotropy
 from tokenuni.metrics.rows import row as catalogue_row
 
 
-
 def _last_layer_axis(metric: str) -> str:
     """"IsoScore (1 = isotropic)" -> "IsoScore of the last layer (1 = isotropic)": the row's panel title."""
     name, _, note = catalogue_row(metric).panel_title.partition(" (")

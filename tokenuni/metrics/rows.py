@@ -11,7 +11,10 @@ This module imports nothing heavy: the report and the figures read the catalogue
 """
 from __future__ import annotations
 
+import functools
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 #: which end of a row's scale is isotropic
 HIGH, LOW = "high", "low"
@@ -109,8 +112,10 @@ VIEWS: dict[str, tuple[str, ...]] = {
 }
 
 
-def catalogue() -> dict[str, Row]:
-    """Every declared row by name, from the registered metrics (:data:`tokenuni.metrics.METRICS`)."""
+@functools.cache
+def catalogue() -> Mapping[str, Row]:
+    """Every declared row by name, from the registered metrics (:data:`tokenuni.metrics.METRICS`); built once
+    (the registry is fixed at import) and read-only."""
     from tokenuni.metrics import METRICS
 
     out: dict[str, Row] = {}
@@ -119,7 +124,7 @@ def catalogue() -> dict[str, Row]:
             if declared.name in out:
                 raise ValueError(f"row {declared.name!r} is declared twice (metric {cls.name} and another)")
             out[declared.name] = declared
-    return out
+    return MappingProxyType(out)
 
 
 def row(name: str) -> Row:

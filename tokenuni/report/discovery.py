@@ -9,6 +9,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from tokenuni.metrics.rows import VIEWS, catalogue
+from tokenuni.metrics.rows import row as catalogue_row
 from tokenuni.metrics.rows import label as _metric_label
 from tokenuni.report.markup import rst_to_html
 from tokenuni.resources import resource_path
@@ -121,7 +122,7 @@ def _classify(path: Path, results: Path, metric_rows: set[str]) -> Figure:
     row = stem[: -len("_by_layer")] if stem.endswith("_by_layer") else None
     if row is not None and not inner and (row in metric_rows or path.with_suffix(".tsv").exists()):
         rank = (HEADLINE_METRICS.index(row) if row in HEADLINE_METRICS
-                else 10_000 if catalogue().get(row) is not None and catalogue()[row].diagnostic else 1_000)
+                else 10_000 if catalogue_row(row).diagnostic else 1_000)
         return Figure(path, rel, section, "Each metric by layer", (2, rank, stem), f"{_metric_label(row)} by layer")
     if not inner:  # study-wide figures: panels of several metrics, metrics by training step, ...
         return Figure(path, rel, section, "Overview", (1, stem), words)
