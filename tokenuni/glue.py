@@ -116,10 +116,6 @@ def task_spec(task: str | dict) -> dict:
     return GLUE_TASKS[key]
 
 
-def _task_name(task: str | dict) -> str:
-    return task_spec(task).get("name", str(task))
-
-
 # -- metrics ---------------------------------------------------------------------------------------
 def _as_classes(predictions) -> np.ndarray:
     predictions = np.asarray(predictions)
@@ -215,7 +211,7 @@ def load_task(task: str | dict, split: str, mirror_root=None, max_examples: int 
     is kept (no empty-text filtering), so the counts equal the GLUE release's.
     """
     spec = task_spec(task)
-    name = _task_name(task)
+    name = spec["name"]
     if split not in SPLITS:
         raise GlueDataError(f"GLUE split must be one of {SPLITS} (test labels are not public), not {split!r}")
     root = _mirror_root(mirror_root)
