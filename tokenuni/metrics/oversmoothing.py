@@ -88,42 +88,67 @@ class Oversmoothing(Metric):
                                  for a, b in zip(_fields(self.pending), _fields(batch))))
         ids = batch.sentence_id
         _, counts = torch.unique_consecutive(ids, return_counts=True)
-        starts = (torch.cumsum(counts, 0) - counts).tolist()
-        counts = counts.tolist()
-        for start, count in zip(starts[:-1], counts[:-1]):
-            self._sentence(batch.select(slice(start, start + count)))
-        self.pending = batch.select(slice(starts[-1], starts[-1] + counts[-1]))
+        last = int(counts.sum() - counts[-1])
+        if last:
+            self._sentences(batch.select(slice(0, last)), counts[:-1])
+        self.pending = batch.select(slice(last, len(batch)))
 
-    def _sentence(self, tokens: TokenBatch) -> None:
+    def _sentences(self, tokens: TokenBatch, counts) -> None:
+        """Every complete sentence of ``tokens`` (``counts``: their token counts, in order) at once, with segment
+        sums; the per-sentence values go into the running sums in sentence order."""
         import torch
 
-        first_is_special = bool(tokens.special[0]) and (tokens.position is None or int(tokens.position[0]) == 0) \
-            and self.metadata.get("is_decoder") != "true"
-        keep = torch.ones(len(tokens), dtype=torch.bool, device=tokens.x.device) if self.special_tokens \
-            else ~tokens.special
-        x = tokens.x[keep]
-        if len(x) < self.min_tokens:
-            self.skipped += 1
-            return
+        x, device = tokens.x, tokens.x.device
+        n_sentences = len(counts)
+        sentence = torch.repeat_interleave(torch.arange(n_sentences, device=device), counts)
+        starts = torch.cumsum(counts, 0) - counts
+        keep = torch.ones(len(tokens), dtype=torch.bool, device=device) if self.special_tokens else ~tokens.special
+
+        def per_sentence(values, mask=None):
+            out = values.new_zeros((n_sentences, *values.shape[1:]))
+            index = sentence if mask is None else sentence[mask]
+            return out.index_add_(0, index, values if mask is None else values[mask])
+
         norms = torch.linalg.vector_norm(x, dim=1)
-        mean = x.mean(dim=0)
-        mean_norm = torch.linalg.vector_norm(mean)
-        if mean_norm > 0 and bool((norms > 0).all()):
-            self.stats["token_mean_cosine"].add(float(((x @ mean) / (norms * mean_norm)).mean()))
-        if float(norms.sum()) > 0:
-            distance = torch.linalg.vector_norm(x - mean, dim=1).sum() / norms.sum()
-            self.stats["token_mean_distance"].add(float(distance))
-        if first_is_special:
-            cls = tokens.x[0]
-            others = tokens.x[1:][~tokens.special[1:]] if not self.special_tokens else tokens.x[1:]
-            cls_norm = torch.linalg.vector_norm(cls)
-            other_norms = torch.linalg.vector_norm(others, dim=1)
-            if len(others) and cls_norm > 0 and bool((other_norms > 0).all()):
-                self.stats["cls_uniformity"].add(float(((others @ cls) / (other_norms * cls_norm)).mean()))
+        kept = per_sentence(keep.to(x.dtype))
+        used = kept >= self.min_tokens
+        mean = per_sentence(x, keep) / kept.clamp(min=1).unsqueeze(1)
+        mean_norm = torch.linalg.vector_norm(mean, dim=1)
+        zero_norms = per_sentence((norms == 0).to(x.dtype), keep)
+        cosine = (x * mean[sentence]).sum(dim=1) / (norms * mean_norm[sentence])
+        token_mean_cosine = per_sentence(torch.where(keep, cosine, 0.0)) / kept.clamp(min=1)
+        norm_sum = per_sentence(norms, keep)
+        distance = per_sentence(torch.linalg.vector_norm(x - mean[sentence], dim=1), keep) / norm_sum
+        has_cosine = used & (mean_norm > 0) & (zero_norms == 0)
+        has_distance = used & (norm_sum > 0)
+
+        # [CLS] uniformity: a sentence's first token, when it is a special token at position 0 (not in decoders)
+        first = torch.zeros(len(tokens), dtype=torch.bool, device=device)
+        first[starts] = True
+        first_is_special = tokens.special[starts]
+        if tokens.position is not None:
+            first_is_special &= tokens.position[starts] == 0
+        if self.metadata.get("is_decoder") == "true":
+            first_is_special &= False
+        others = ~first & (torch.ones_like(keep) if self.special_tokens else ~tokens.special)
+        cls = x[starts]
+        cls_norm = norms[starts]
+        cls_cosine = (x * cls[sentence]).sum(dim=1) / (norms * cls_norm[sentence])
+        n_others = per_sentence(others.to(x.dtype))
+        cls_uniformity = per_sentence(torch.where(others, cls_cosine, 0.0)) / n_others.clamp(min=1)
+        other_zero_norms = per_sentence((norms == 0).to(x.dtype), others)
+        has_cls = used & first_is_special & (n_others > 0) & (cls_norm > 0) & (other_zero_norms == 0)
+
+        self.skipped += int((~used).sum())
+        for name, values, valid in (("token_mean_cosine", token_mean_cosine, has_cosine),
+                                    ("token_mean_distance", distance, has_distance),
+                                    ("cls_uniformity", cls_uniformity, has_cls)):
+            for value in values[valid].tolist():
+                self.stats[name].add(value)
 
     def compute(self) -> list[MetricValue]:
         if self.pending is not None:
-            self._sentence(self.pending)
+            self._sentences(self.pending, self.pending.sentence_id.new_tensor([len(self.pending)]))
             self.pending = None
         return [row for name in self.produces for row in self.stats[name].row(name)]
 

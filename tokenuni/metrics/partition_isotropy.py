@@ -21,7 +21,8 @@ largest-magnitude entry is positive (reproducible, but an arbitrary choice like 
 Streaming, two passes (``passes = 2``): pass 0 accumulates N, the mean and the centred scatter
 (:class:`tokenuni.numerics.MomentSums`, float64; VᵀV = scatter + N μμᵀ) and fixes U
 (:func:`tokenuni.numerics.descending_eigh`); pass 1 accumulates log Z(u) for every u with a running
-log-sum-exp (per direction a running maximum m and Σ exp(uᵀv − m)), so it never overflows — the raw
+log-sum-exp (per direction a running maximum m and Σ exp(uᵀv − m)), so it never overflows; one product
+x·U serves both signs, since (−u)ᵀv = −uᵀv exactly — the raw
 exp of BERT-scale projections (‖v‖ in the tens to thousands) overflows float64. I = exp(min log Z − max log Z) (it may underflow to 0 for extremely
 anisotropic layers, which is its value in float64).
 """
@@ -57,9 +58,9 @@ class PartitionIsotropy(Metric):
             raise MetricError(f"signs must be one of {SIGNS}, got {signs!r}")
         self.signs = signs
         self.sums = MomentSums(self.device)
-        self.directions = {}  # variant -> (d, m) matrix of the directions u as columns
+        self.directions = {}  # variant -> (d, d) matrix of the eigenvectors u as columns (signs: descending_eigh's)
         self.mean = None
-        self.running_max = {}  # variant -> (m,) running max of uᵀv
+        self.running_max = {}  # variant -> (m,) running max of uᵀv, m = 2d directions (u, then −u) or d
         self.running_sum = {}  # variant -> (m,) Σ exp(uᵀv − running max)
         self.pass1_count = 0
         self.loaded_log_z = None  # variant -> log Z of the 2d directions (u, then −u), from :meth:`load_state_dict`
@@ -70,17 +71,15 @@ class PartitionIsotropy(Metric):
             self._fix_directions()
 
     def _fix_directions(self) -> None:
-        import torch
 
         self.mean = self.sums.mean()
         scatter = {"uncentred": self.sums.uncentred_gram, "centred": self.sums.scatter}
         for variant in self.variants:
             _, vectors = descending_eigh(scatter[variant]())
-            if self.signs == "both":
-                vectors = torch.cat([vectors, -vectors], dim=1)
-            self.directions[variant] = vectors
-            self.running_max[variant] = vectors.new_full((vectors.shape[1],), -math.inf)
-            self.running_sum[variant] = vectors.new_zeros(vectors.shape[1])
+            self.directions[variant] = vectors  # u; with signs="both" also −u, whose uᵀv are the negated columns
+            m = vectors.shape[1] * (2 if self.signs == "both" else 1)
+            self.running_max[variant] = vectors.new_full((m,), -math.inf)
+            self.running_sum[variant] = vectors.new_zeros(m)
 
     def _update(self, batch: TokenBatch) -> None:
         import torch
@@ -93,10 +92,19 @@ class PartitionIsotropy(Metric):
         self.pass1_count += len(batch)
         for variant, directions in self.directions.items():
             x = batch.x - self.mean if variant == "centred" else batch.x
-            projections = x @ directions  # (n, m): uᵀv for every token and direction
-            new_max = torch.maximum(self.running_max[variant], projections.max(dim=0).values)
+            projections = x @ directions  # (n, d): uᵀv for every token and eigenvector u
+            d = projections.shape[1]
+            if self.signs == "both":  # (−u)ᵀv = −uᵀv exactly: one product serves both signs
+                low, high = torch.aminmax(projections, dim=0)
+                batch_max = torch.cat([high, -low])
+            else:
+                batch_max = projections.max(dim=0).values
+            new_max = torch.maximum(self.running_max[variant], batch_max)
+            batch_sum = torch.exp(projections - new_max[:d]).sum(dim=0)
+            if self.signs == "both":
+                batch_sum = torch.cat([batch_sum, torch.exp(-projections - new_max[d:]).sum(dim=0)])
             self.running_sum[variant] = (self.running_sum[variant] * torch.exp(self.running_max[variant] - new_max)
-                                         + torch.exp(projections - new_max).sum(dim=0))
+                                         + batch_sum)
             self.running_max[variant] = new_max
 
     # -- the one-pass suite: U from moments known before the read, so Z(u) in the same read -----------
