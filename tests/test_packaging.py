@@ -1,4 +1,4 @@
-"""A plain (non-editable) install works without the source tree.
+"""A plain (non-editable) install, in a second scratch venv, works without the source tree.
 
 The library reads its config schema and figure captions as package data (``tokenuni/resources``,
 through ``importlib.resources``); the workflow sees the same files through the links
@@ -47,38 +47,49 @@ def test_every_figure_caption_of_the_workflow_exists():
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> Path:
-    """``pip install --no-deps --target`` of a copy of the checkout (no build isolation: offline)."""
+    """A second, scratch virtual environment holding a plain (non-editable) ``pip install`` of a copy of the
+    checkout: its ``bin/`` (``python``, ``tokenuni``). The scratch venv reaches the test environment's
+    dependencies through a ``.pth`` line (offline, and seconds instead of a second torch); a directory named in a
+    ``.pth`` file is put on the path without running its own ``.pth`` files, so the test environment's editable
+    install of tokenuni stays out of it."""
+    import sysconfig
+
     tmp = tmp_path_factory.mktemp("install")
     source = tmp / "source"
     shutil.copytree(REPO, source, symlinks=True, ignore=_ignore)
-    target = tmp / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--target", str(target), str(source)], check=True)
-    return target
+    venv = tmp / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    Path(site, "test-environment.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--ignore-installed", str(source)], check=True, env=_env())
+    return venv / "bin"
 
 
-def _env(target: Path) -> dict:
-    # PYTHONPATH comes before site-packages and the editable install's finder, so the installed copy wins
-    return {**os.environ, "PYTHONPATH": str(target)}
+def _env() -> dict:
+    return {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
 
 
 def test_installed_package_carries_its_resources(installed, tmp_path):
     out = subprocess.run(
-        [sys.executable, "-c", "import tokenuni, tokenuni.config as c, tokenuni.report as r; "
+        [str(installed / "python"), "-c", "import tokenuni, tokenuni.config as c, tokenuni.report as r; "
          "print(tokenuni.__file__); print(c.SCHEMA_PATH); print(sorted(p.name for p in r.CAPTIONS_DIR.iterdir()))"],
-        cwd=tmp_path, env=_env(installed), capture_output=True, text=True, check=True).stdout.splitlines()
-    assert out[0].startswith(str(installed)), out
-    assert out[1].startswith(str(installed)) and Path(out[1]).is_file()
+        cwd=tmp_path, env=_env(), capture_output=True, text=True, check=True).stdout.splitlines()
+    venv = installed.parent
+    assert out[0].startswith(str(venv)) and "site-packages" in out[0], out  # not the source tree, not editable
+    assert out[1].startswith(str(venv)) and Path(out[1]).is_file()
     assert "workflow.rst" in out[2] and "by_layer.rst" in out[2]
 
 
 def test_check_and_dry_run_from_the_installed_package(installed, tmp_path):
-    env = _env(installed)
-    check = subprocess.run([sys.executable, "-m", "tokenuni", "check", str(REPO / "config" / "config.yaml")],
-                           cwd=tmp_path, env=env, capture_output=True, text=True)
+    """The scratch venv's ``tokenuni`` command checks the study, and its Python dry-runs the workflow (the
+    Snakefile puts its own checkout's library first, by design: the rules run the code beside them)."""
+    check = subprocess.run([str(installed / "tokenuni"), "check", str(REPO / "config" / "config.yaml")],
+                           cwd=tmp_path, env=_env(), capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
     assert "No such file" not in check.stdout + check.stderr
-    snakemake = shutil.which("snakemake", path=str(Path(sys.executable).parent)) or "snakemake"
-    dry = subprocess.run([snakemake, "-n", "--cores", "2", "--quiet", "rules"], cwd=REPO, env=env,
-                         capture_output=True, text=True)
+    dry = subprocess.run([str(installed / "python"), "-m", "snakemake", "-n", "--cores", "2", "--quiet", "rules"],
+                         cwd=REPO, env=_env(), capture_output=True, text=True)
     assert dry.returncode == 0, dry.stdout + dry.stderr
