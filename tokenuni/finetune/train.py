@@ -40,133 +40,24 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import time
 import warnings
 from collections import defaultdict
-from contextlib import nullcontext
 from collections.abc import Callable
 
 import numpy as np
 
-from tokenuni.glue import glue_metrics, task_spec
+from tokenuni.finetune.batches import Encoded, _model_inputs, make_batches
+from tokenuni.finetune.inference import (  # noqa: F401  (predict, task_loss, _infer, _to_predictions: re-exported)
+    _evaluate, _infer, _logits, _to_predictions, predict, task_loss)
+from tokenuni.finetune.runtime import (  # noqa: F401  (PRECISIONS: re-exported)
+    PRECISIONS, _autocast, _device, resolve_precision, set_seed)
+from tokenuni.glue import task_spec
 
 logger = logging.getLogger(__name__)
 
 #: consecutive non-finite steps tolerated before training stops with an error
 MAX_CONSECUTIVE_SKIPPED = 20
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
-
-def set_seed(seed: int) -> None:
-    """Seed python's ``random``, numpy's global state and torch (CPU and every CUDA device).
-
-    Call it before building the model too: the classification head is initialised at construction.
-    """
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed % (2 ** 32))
-    torch.manual_seed(seed)
-
-
-def resolve_precision(precision: str, device) -> str:
-    """``fp32`` on the CPU whatever was asked; on CUDA ``auto`` → ``bf16`` if supported, else ``fp16``."""
-    import torch
-
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
-    if torch.device(device).type != "cuda":
-        return "fp32"
-    if precision == "auto":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return precision
-
-
-def _device(device):
-    """A torch device from "auto", "cpu", "cuda[:i]" (checked to exist) or a torch device."""
-    import torch
-
-    from tokenuni.devices import select_device
-
-    return select_device(device) if isinstance(device, str) else torch.device(device)
-
-
-def _autocast(precision: str, device):
-    import torch
-
-    if precision == "fp32":
-        return nullcontext()
-    return torch.autocast(device_type=torch.device(device).type,
-                          dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-
-
-# -- data ------------------------------------------------------------------------------------------
-class Encoded:
-    """Tokenised examples (no padding): ``input_ids``, optional ``token_type_ids``, ``special_tokens_mask``
-    (1 = a special token such as [CLS] / [SEP]), ``lengths``, ``labels``."""
-
-    def __init__(self, tokenizer, texts_a, texts_b, labels, max_length: int):
-        if texts_b is not None and len(texts_b) != len(texts_a):
-            raise ValueError(f"{len(texts_a)} first sentences but {len(texts_b)} second sentences")
-        if labels is not None and len(labels) != len(texts_a):
-            raise ValueError(f"{len(texts_a)} examples but {len(labels)} labels")
-        if not len(texts_a):
-            raise ValueError("no examples")
-        if tokenizer.pad_token_id is None:
-            raise ValueError("the tokenizer has no pad token (tokenuni.embed.load_model sets one)")
-        args = (list(texts_a),) if texts_b is None else (list(texts_a), list(texts_b))
-        features = tokenizer(*args, truncation=True, max_length=max_length, return_special_tokens_mask=True)
-        self.input_ids: list[list[int]] = features["input_ids"]
-        self.token_type_ids: list[list[int]] | None = features.get("token_type_ids")
-        self.special_tokens_mask: list[list[int]] | None = features.get("special_tokens_mask")
-        self.lengths = np.asarray([len(ids) for ids in self.input_ids], dtype=np.int64)
-        self.labels = None if labels is None else np.asarray(labels)
-        self.pad_id = int(tokenizer.pad_token_id)
-
-    def __len__(self) -> int:
-        return len(self.input_ids)
-
-    def batch(self, index, device) -> dict:
-        """Right-padded tensors of rows ``index`` on ``device``: model inputs, plus ``labels`` when known."""
-        import torch
-
-        index = [int(i) for i in index]
-        width = int(self.lengths[index].max())
-        ids = torch.full((len(index), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(index), width), dtype=torch.long)
-        types = torch.zeros((len(index), width), dtype=torch.long) if self.token_type_ids is not None else None
-        for row, i in enumerate(index):
-            n = int(self.lengths[i])
-            ids[row, :n] = torch.as_tensor(self.input_ids[i])
-            mask[row, :n] = 1
-            if types is not None:
-                types[row, :n] = torch.as_tensor(self.token_type_ids[i])
-        out = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
-        if types is not None:
-            out["token_type_ids"] = types.to(device)
-        if self.labels is not None:
-            out["labels"] = torch.as_tensor(self.labels[index]).to(device)
-        return out
-
-
-def make_batches(lengths, batch_size: int, rng: np.random.Generator, group_by_length: bool = False,
-                 mega: int = 50) -> list[np.ndarray]:
-    """Indices of one epoch in batches of ``batch_size`` (the last may be short).
-
-    Plain: a random permutation cut into batches. Length-grouped: the permutation cut into chunks of
-    ``mega`` batches, each chunk sorted by length (longest first) and cut, then the batches shuffled.
-    """
-    lengths = np.asarray(lengths)
-    order = rng.permutation(len(lengths))
-    if not group_by_length:
-        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    batches = []
-    for start in range(0, len(order), batch_size * mega):
-        chunk = order[start:start + batch_size * mega]
-        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
-        batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
-    return [batches[i] for i in rng.permutation(len(batches))]
 
 
 def linear_schedule(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
@@ -176,90 +67,6 @@ def linear_schedule(warmup_steps: int, total_steps: int) -> Callable[[int], floa
             return step / max(1, warmup_steps)
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
     return factor
-
-
-def _model_inputs(batch: dict) -> dict:
-    return {k: v for k, v in batch.items() if k != "labels"}
-
-
-def _logits(output):
-    logits = output.logits
-    return logits.squeeze(-1) if logits.ndim == 2 and logits.shape[-1] == 1 else logits
-
-
-def task_loss(logits, labels, regression: bool):
-    """Cross-entropy on class ids, or mean squared error on scores (STS-B), in float32."""
-    import torch.nn.functional as F
-
-    if regression:
-        return F.mse_loss(logits.float().reshape(-1), labels.float().reshape(-1))
-    return F.cross_entropy(logits.float(), labels.long())
-
-
-# -- inference -------------------------------------------------------------------------------------
-def _infer(model, encoded: Encoded, batch_size: int, device, precision: str, progress: bool = False,
-           on_batch: Callable | None = None):
-    """Logits of every row of ``encoded`` in input order (float32 numpy), batched longest first.
-
-    ``on_batch(index, batch, output)``, when given, sees every batch's rows (indices into ``encoded``),
-    inputs and model output (e.g. to keep the hidden states of the final evaluation).
-    """
-    import torch
-    from tqdm.auto import tqdm
-
-    was_training = model.training
-    model.eval()
-    order = np.argsort(-encoded.lengths, kind="stable")
-    chunks, rows = [], []
-    try:
-        with torch.inference_mode(), _autocast(precision, device):
-            for start in tqdm(range(0, len(order), batch_size), desc="predict", unit="batch", disable=not progress,
-                              leave=False):
-                index = order[start:start + batch_size]
-                batch = encoded.batch(index, device)
-                output = model(**_model_inputs(batch))
-                chunks.append(_logits(output).float().cpu().numpy())
-                rows.append(index)
-                if on_batch is not None:
-                    on_batch(index, batch, output)
-    finally:
-        model.train(was_training)
-    logits = np.concatenate(chunks, axis=0)
-    out = np.empty_like(logits)
-    out[np.concatenate(rows)] = logits
-    return out
-
-
-def _to_predictions(logits: np.ndarray) -> np.ndarray:
-    return logits if logits.ndim == 1 else logits.argmax(axis=1)
-
-
-def predict(model, tokenizer, texts_a, texts_b=None, batch_size: int = 32, max_length: int = 128, device="cpu", *,
-            precision: str = "auto", return_logits: bool = False, progress: bool = False) -> np.ndarray:
-    """Predictions of ``model`` for (pairs of) texts: class ids (N,), or scores (N,) for a regression model.
-
-    ``return_logits`` gives the raw outputs instead ((N, C) logits, or (N,) scores). The model runs in
-    eval mode under ``torch.inference_mode`` (and bf16/fp16 autocast on CUDA, see :func:`resolve_precision`),
-    on batches sorted by length; the output is in input order. The model's train/eval mode is restored.
-    """
-    device = _device(device)
-    precision = resolve_precision(precision, device)
-    encoded = Encoded(tokenizer, texts_a, texts_b, None, max_length)
-    logits = _infer(model, encoded, batch_size, device, precision, progress)
-    return logits if return_logits else _to_predictions(logits)
-
-
-def _evaluate(model, encoded: Encoded, task: dict, batch_size: int, device, precision: str,
-              on_batch: Callable | None = None) -> tuple[dict[str, float], np.ndarray]:
-    """(dev metrics with ``loss``, logits in input order)."""
-    import torch
-
-    logits = _infer(model, encoded, batch_size, device, precision, on_batch=on_batch)
-    regression = task["regression"]
-    metrics = glue_metrics(task, _to_predictions(logits), encoded.labels)
-    loss = task_loss(torch.as_tensor(logits), torch.as_tensor(encoded.labels), regression)
-    metrics["loss"] = float(loss)
-    return metrics, logits
 
 
 # -- training --------------------------------------------------------------------------------------
