@@ -1,6 +1,7 @@
 """Study configuration: schema validation with defaults, and the config subtrees each stage depends on.
 
-The schema lives in ``tokenuni/resources/config.schema.yaml`` (one place, linked from ``workflow/schemas/``); this module validates a
+The schema lives in ``tokenuni/resources/config.schema.yaml`` (one place, linked from ``workflow/schemas/``), and each
+metric's entry in its own module (``options_schema``, joined by :func:`load_schema`); this module validates a
 config against it, fills in defaults, and turns jsonschema's errors into one message that names the
 offending key by its dotted path.
 """
@@ -83,7 +84,15 @@ def load_yaml(path: str | Path):
 
 
 def load_schema(path: str | Path = SCHEMA_PATH) -> dict:
-    return load_yaml(path)
+    """The config schema: the YAML file, with ``metrics.properties`` filled from every registered metric's own
+    entry (:meth:`tokenuni.metrics.base.Metric.config_schema`, in :data:`tokenuni.metrics.METRICS` order)."""
+    schema = load_yaml(path)
+    metrics = schema.get("properties", {}).get("metrics")
+    if isinstance(metrics, dict) and not metrics.get("properties"):
+        from tokenuni.metrics import METRICS
+
+        metrics["properties"] = {name: cls.config_schema() for name, cls in METRICS.items()}
+    return schema
 
 
 def _dotted(path) -> str:

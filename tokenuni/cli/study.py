@@ -21,6 +21,15 @@ def cmd_check(args) -> None:
     print(f"{args.configfile}: every model and corpus resolves; models, config references and corpora check out")
 
 
+def cmd_schema(args) -> None:
+    """The whole config schema as YAML: the file, with every metric's entry from its module."""
+    import yaml
+
+    from tokenuni.config import load_schema
+
+    print(yaml.safe_dump(load_schema(), sort_keys=False, allow_unicode=True, width=120), end="")
+
+
 def cmd_measure(args) -> None:
     import shlex
 
@@ -75,6 +84,10 @@ def add_parsers(sub) -> None:
     p.add_argument("configfile", type=Path)
     p.add_argument("--no-hub-probe", action="store_true", help="treat the hub as reachable")
     p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("schema", help="print the whole config schema (YAML): the schema file plus each metric's "
+                                      "options, which its module declares (options_schema)")
+    p.set_defaults(func=cmd_schema)
 
     p = sub.add_parser("measure", help="one model on one text file: the workflow's geometry, the per-layer table, "
                                        "figure, report and MLflow runs (tokenuni/measure_workflow.py)")

@@ -1,6 +1,8 @@
 """Geometry metrics, one module per metric (``tokenuni/metrics/<name>.py``), and the runner.
 
-:data:`METRICS` maps a config name to its accumulator class; :func:`compute_metric` streams a dump
+:data:`METRICS` maps a config name to its accumulator class: every module of the package is imported here, and a
+``Metric`` subclass with a ``name`` registers itself (:data:`tokenuni.metrics.base.REGISTRY`), so adding a metric is
+its file (with its rows and its config entry, ``options_schema``) and its test. :func:`compute_metric` streams a dump
 (once per pass the metric needs), feeding every layer's accumulator, and returns the tidy rows.
 """
 from __future__ import annotations
@@ -10,27 +12,22 @@ from dataclasses import replace
 
 import pandas as pd
 
-from tokenuni.metrics.alignment_uniformity import AlignmentUniformity
-from tokenuni.metrics.base import Metric, MetricError, MetricValue, TokenBatch, new_job_warnings
-from tokenuni.metrics.clusters import Clusters
-from tokenuni.metrics.cosine_family import CosineFamily
-from tokenuni.metrics.isoscore import IsoScoreMetric
-from tokenuni.metrics.lid import LocalIntrinsicDimension
-from tokenuni.metrics.oversmoothing import LayerNormScale, Oversmoothing
-from tokenuni.metrics.partition_isotropy import PartitionIsotropy
-from tokenuni.metrics.sentence_spectrum import SentenceSpectrum
-from tokenuni.metrics.spectrum import Spectrum
-from tokenuni.metrics.token_uniformity import TokenUniformity
-from tokenuni.metrics.word_frequency import WordFrequency
+import importlib
+import pkgutil
+
+from tokenuni.metrics.base import REGISTRY, Metric, MetricError, MetricValue, TokenBatch, new_job_warnings
 
 log = logging.getLogger(__name__)
 
-METRICS: dict[str, type[Metric]] = {
-    cls.name: cls
-    for cls in (Spectrum, SentenceSpectrum, CosineFamily, TokenUniformity, Oversmoothing, LayerNormScale,
-                WordFrequency, Clusters, LocalIntrinsicDimension, AlignmentUniformity, IsoScoreMetric,
-                PartitionIsotropy)
-}
+#: modules of the package that are not metrics
+_NOT_METRICS = frozenset({"base", "rows", "suite"})
+for _module in sorted(info.name for info in pkgutil.iter_modules(__path__)):
+    if _module not in _NOT_METRICS:
+        importlib.import_module(f"{__name__}.{_module}")
+
+#: config name -> accumulator class: every ``Metric`` subclass with a ``name`` in a module of this package
+#: (:data:`tokenuni.metrics.base.REGISTRY`), in module order
+METRICS: dict[str, type[Metric]] = dict(REGISTRY)
 
 TIDY_COLUMNS = ["model", "training_step", "corpus", "layer", "metric", "variant", "component", "value", "spread",
                 "n", "sample_size", "seed"]

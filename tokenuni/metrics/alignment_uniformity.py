@@ -80,6 +80,43 @@ def uniformity(unit, t: float = 2.0, weights=None, chunk_size: int = 512):
 
 class AlignmentUniformity(SampledMetric):
     name = "alignment_uniformity"
+    #: its config entry ``metrics.alignment_uniformity`` (JSON schema as YAML; :meth:`Metric.config_schema`)
+    options_schema = """
+        type: object
+        additionalProperties: false
+        default: {}
+        description: >-
+          Wang-Isola uniformity log E_{i!=j} exp(-t ||x_i - x_j||^2) of unit-normalised tokens over a seeded sample
+          (Wang & Isola, "Understanding Contrastive Representation Learning through Alignment and Uniformity on the
+          Hypersphere", ICML 2020). Row wang_isola_uniformity. Alignment needs positive pairs, which dumps do not record:
+          not computed.
+        properties:
+          enabled: {type: boolean, default: true}
+          special_tokens: {type: boolean, default: false, description: "Include [CLS]/[SEP]-like tokens."}
+          t:
+            type: number
+            minimum: 0
+            default: 2
+            description: Temperature of the Gaussian kernel (the paper uses 2); rows get variant "t=<t>" when t != 2.
+          sample_size:
+            type: integer
+            minimum: 2
+            default: 5000
+            description: Tokens in the seeded reservoir sample (cost grows as sample_size squared).
+          seed: {type: integer, default: 0, description: Seed of the token sample and of the bootstrap.}
+          bootstrap:
+            type: integer
+            minimum: 0
+            default: 100
+            description: >-
+              Bootstrap resamples of the sampled tokens (pairs of copies of one token left out) for the spread
+              (0 or 1 = no spread).
+          chunk_size:
+            type: integer
+            minimum: 1
+            default: 512
+            description: Rows per block of the pairwise kernel (memory chunk_size x sample_size floats).
+    """
     rows = (Row("wang_isola_uniformity", "Wang–Isola uniformity log E exp(−2‖x̂−ŷ‖²)", isotropic=LOW),)
     derived_options = ("t", "bootstrap", "chunk_size")
 

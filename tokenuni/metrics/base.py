@@ -40,6 +40,20 @@ class MetricError(TokenuniError, ValueError):
     """A metric asked for with options it cannot take, or fed a dump it cannot use."""
 
 
+#: every metric of the package, by config name, in the order their modules were imported (alphabetical: the
+#: package imports its modules by name, :mod:`tokenuni.metrics`); a ``Metric`` subclass with a ``name`` in a module
+#: of ``tokenuni.metrics`` registers itself, so a new metric is its file
+REGISTRY: dict[str, type] = {}
+
+
+def _register(cls) -> None:
+    known = REGISTRY.get(cls.name)
+    if known is not None and known is not cls and known.__qualname__ != cls.__qualname__:
+        raise MetricError(f"two metrics are named {cls.name!r}: {known.__module__}.{known.__qualname__} and "
+                          f"{cls.__module__}.{cls.__qualname__}")
+    REGISTRY[cls.name] = cls
+
+
 _WARNED: set = set()
 
 
@@ -149,12 +163,30 @@ class Metric(ABC):
     #: :class:`~tokenuni.numerics.MomentSums`, given by :meth:`use_moments`) and/or "sample" (the seeded token
     #: sample, given by :meth:`use_sample`)
     shared: tuple[str, ...] = ()
+    #: its config entry ``metrics.<name>``: a JSON schema written as YAML (type, description, properties with
+    #: defaults), validated and defaulted with the rest of the config (:func:`tokenuni.config.load_schema`)
+    options_schema: str = ""
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         if "rows" in cls.__dict__:
             cls.produces = tuple(declared.name for declared in cls.rows)
             cls.vector_rows = tuple(declared.name for declared in cls.rows if declared.component)
+        if cls.__dict__.get("name") and cls.__module__.startswith("tokenuni.metrics."):
+            _register(cls)
+
+    @classmethod
+    def config_schema(cls) -> dict:
+        """The JSON schema of the metric's config entry, parsed from :attr:`options_schema`."""
+        import textwrap
+
+        import yaml
+
+        schema = yaml.safe_load(textwrap.dedent(cls.options_schema)) if cls.options_schema.strip() else None
+        if not isinstance(schema, dict) or "enabled" not in schema.get("properties", {}):
+            raise MetricError(f"metric {cls.name} ({cls.__module__}): options_schema must be a YAML mapping whose "
+                              "properties include enabled ({type: boolean, default: true})")
+        return schema
 
     def __init__(self, device="cpu", special_tokens: bool = False, enabled: bool = True):
         import torch

@@ -185,6 +185,71 @@ def within_cluster_cosines(x, labels, token_id, centred: bool) -> dict[str, floa
 
 class Clusters(SampledMetric):
     name = "clusters"
+    #: its config entry ``metrics.clusters`` (JSON schema as YAML; :meth:`Metric.config_schema`)
+    options_schema = """
+        type: object
+        additionalProperties: false
+        default: {}
+        description: >-
+          k-means clusters of a seeded token sample, mean silhouette per k, best k by maximum mean silhouette
+          (k = 1 below min_silhouette) and the cosine family within the chosen clusters, raw and after
+          center shifting (Cai, Huang, Bian, Church, "Isotropy in the Contextual Embedding Space: Clusters and
+          Manifolds", ICLR 2021).
+        properties:
+          enabled: {type: boolean, default: true}
+          special_tokens: {type: boolean, default: false, description: "Include [CLS]/[SEP]-like tokens."}
+          sample_size:
+            type: integer
+            minimum: 2
+            default: 5000
+            description: Tokens in the seeded reservoir sample (the same tokens for every layer) that are clustered.
+          seed:
+            type: integer
+            minimum: 0
+            default: 0
+            description: Seed of the token sample, the k-means restarts and the silhouette subset.
+          k_min:
+            type: integer
+            minimum: 2
+            default: 2
+            description: Smallest number of clusters tried.
+          k_max:
+            type: integer
+            minimum: 2
+            default: 10
+            description: Largest number of clusters tried (Cai et al. use 15); must be >= k_min.
+          n_init:
+            type: integer
+            minimum: 1
+            default: 5
+            description: Seeded k-means++ restarts per k; the one with the lowest inertia is kept.
+          max_iter:
+            type: integer
+            minimum: 1
+            default: 300
+            description: Most Lloyd iterations per restart.
+          tol:
+            type: number
+            minimum: 0
+            default: 1.0e-4
+            description: Lloyd stops when the centres move less than tol x the mean per-dimension variance (scikit-learn's convention).
+          silhouette_sample_size:
+            type: [integer, "null"]
+            minimum: 2
+            default: null
+            description: Score the silhouette on a seeded subset of this many sampled tokens; null = the whole sample.
+          min_silhouette:
+            type: number
+            default: 0.1
+            description: Cai's rule, when the best mean silhouette is below this the space counts as one cluster (k = 1).
+          repeats:
+            type: integer
+            minimum: 1
+            default: 3
+            description: >-
+              Whole analysis repeated with this many k-means seeds; values are from the first, spread = standard
+              deviation (ddof 1) over the repeats (k-means instability, not sampling error); 1 = no spread.
+    """
     rows = (
         Row("kmeans_inertia", "k-means inertia (per k)", component=True),
         Row("silhouette", "mean silhouette (per k)", component=True),

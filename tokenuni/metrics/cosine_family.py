@@ -59,6 +59,42 @@ _NO_HASH = (1 << 63) - 1  # larger than every token hash: "no instance drawn yet
 
 class CosineFamily(Metric):
     name = "cosine_family"
+    #: its config entry ``metrics.cosine_family`` (JSON schema as YAML; :meth:`Metric.config_schema`)
+    options_schema = """
+        type: object
+        additionalProperties: false
+        default: {}
+        description: >
+          Exact average cosine, intra-type (S_intra) and inter-type (S_inter) cosine similarity, uncentred and
+          centred (Cai, Huang, Bian, Church, "Isotropy in the Contextual Embedding Space: Clusters and Manifolds",
+          ICLR 2021; Ethayarajh, EMNLP 2019). Two passes over the dump when "centred" is requested.
+        properties:
+          enabled: {type: boolean, default: true}
+          special_tokens: {type: boolean, default: false, description: "Include [CLS]/[SEP]-like tokens (as types of their own)."}
+          variants:
+            type: array
+            items: {enum: [uncentred, centred]}
+            minItems: 1
+            uniqueItems: true
+            default: [uncentred, centred]
+            description: Centred = x minus the layer's token mean before normalising (needs a second pass).
+          type_sampling:
+            enum: [exact, one_per_type]
+            default: exact
+            description: >
+              S_inter from every instance (exact expectation over Cai's random draw, types weighted alike) or
+              Cai's protocol (one seeded random instance per type; seed and number of types recorded, spread =
+              std over `repeats` seeds).
+          seed:
+            type: integer
+            default: 0
+            description: Seed of the per-type draw (type_sampling one_per_type).
+          repeats:
+            type: integer
+            minimum: 1
+            default: 5
+            description: Draws with seeds seed, seed+1, ... whose standard deviation is the spread (one_per_type).
+    """
     rows = (
         Row("avg_cosine", "average cosine similarity", title="average cosine (anisotropy)",
             noun="the average cosine similarity", headline_variant="uncentred", isotropic=LOW),

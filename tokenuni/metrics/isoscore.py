@@ -118,6 +118,41 @@ def isoscore_from_moments(covariance) -> float:
 
 class IsoScoreMetric(SampledMetric):
     name = "isoscore"
+    #: its config entry ``metrics.isoscore`` (JSON schema as YAML; :meth:`Metric.config_schema`)
+    options_schema = """
+        type: object
+        additionalProperties: false
+        default: {}
+        description: >-
+          IsoScore of the layer's tokens, exact from the streamed covariance (Rudman, Gillman, Rayne, Eickhoff,
+          "IsoScore: Measuring the Uniformity of Embedding Space Utilization", Findings of ACL 2022), and IsoScore* of a
+          seeded mini-batch whose covariance is shrunk toward the layer's, (1 - zeta) cov(S) + zeta cov(D) (Rudman &
+          Eickhoff, "Stable Anisotropic Regularization", ICLR 2024). Rows isoscore and isoscore_star (sample_size, seed,
+          spread = bootstrap std recorded).
+        properties:
+          enabled: {type: boolean, default: true}
+          special_tokens: {type: boolean, default: false, description: "Include [CLS]/[SEP]-like tokens."}
+          zeta:
+            type: number
+            minimum: 0
+            maximum: 1
+            default: 0.2
+            description: Shrinkage weight of the whole layer's covariance in IsoScore* (0 = mini-batch alone, 1 = IsoScore).
+          sample_size:
+            type: integer
+            minimum: 2
+            default: 1024
+            description: Tokens in the IsoScore* mini-batch (seeded, batching-independent reservoir sample; same tokens in every layer).
+          seed:
+            type: integer
+            default: 0
+            description: Seed of the mini-batch draw and of the bootstrap.
+          bootstrap:
+            type: integer
+            minimum: 0
+            default: 20
+            description: Bootstrap resamples of the mini-batch for the spread of IsoScore* (std, ddof 1); 0 or 1 = no spread.
+    """
     rows = (
         Row("isoscore", "IsoScore", title="IsoScore (1 = isotropic)", isotropic=HIGH),
         Row("isoscore_star", "IsoScore* (shrinkage covariance)", isotropic=HIGH),

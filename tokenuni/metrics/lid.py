@@ -120,6 +120,46 @@ def bootstrap_std(values: np.ndarray, statistics, resamples: int, seed: int) -> 
 
 class LocalIntrinsicDimension(SampledMetric):
     name = "lid"
+    #: its config entry ``metrics.lid`` (JSON schema as YAML; :meth:`Metric.config_schema`)
+    options_schema = """
+        type: object
+        additionalProperties: false
+        default: {}
+        description: >-
+          Local intrinsic dimension by maximum likelihood, LID(x) = -((1/k) sum_i log(r_i / r_k))^-1 over the k nearest
+          neighbours within a seeded token sample (Amsaleg et al., "Estimating Local Intrinsic Dimensionality", KDD 2015;
+          as used by Cai et al., ICLR 2021). Rows lid_mean, lid_std, lid_median (component = k) and lid_duplicate_tokens.
+        properties:
+          enabled: {type: boolean, default: true}
+          special_tokens: {type: boolean, default: false, description: "Include [CLS]/[SEP]-like tokens."}
+          k:
+            type: integer
+            minimum: 2
+            default: 100
+            description: Nearest neighbours per point (lowered, with a warning, when the sample has fewer distinct points).
+          sample_size:
+            type: integer
+            minimum: 3
+            default: 5000
+            description: Tokens in the seeded reservoir sample; neighbours are searched within it (the LID scale depends on it).
+          seed: {type: integer, default: 0, description: Seed of the token sample and of the bootstrap.}
+          squared_distances:
+            type: boolean
+            default: false
+            description: >-
+              Feed squared distances into the formula, as Cai et al.'s code does with faiss: exactly half the LID of true
+              distances. Rows get variant "squared_distances".
+          bootstrap:
+            type: integer
+            minimum: 0
+            default: 100
+            description: Bootstrap resamples of the per-point LIDs for the spread of each row (0 or 1 = no spread).
+          chunk_size:
+            type: integer
+            minimum: 1
+            default: 512
+            description: Query rows per block of the brute-force kNN search (memory chunk_size x sample_size floats).
+    """
     rows = (
         Row("lid_mean", "local intrinsic dimension (mean, MLE k=100)", title="local intrinsic dimension (mean MLE)",
             unit="dimensions", isotropic=HIGH),

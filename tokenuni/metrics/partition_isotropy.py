@@ -40,6 +40,33 @@ SIGNS = ("both", "canonical")
 
 class PartitionIsotropy(Metric):
     name = "partition_isotropy"
+    #: its config entry ``metrics.partition_isotropy`` (JSON schema as YAML; :meth:`Metric.config_schema`)
+    options_schema = """
+        type: object
+        additionalProperties: false
+        default: {}
+        description: >-
+          Partition-function isotropy I(V) = min_u Z(u) / max_u Z(u), Z(u) = sum_i exp(u^T v_i), u over the eigenvectors
+          of V^T V (Mu & Viswanath, "All-but-the-Top: Simple and Effective Postprocessing for Word Representations",
+          ICLR 2018; Cai et al., ICLR 2021; Rajaee & Pilehvar, ACL 2021). Overflow-free (log-sum-exp); two passes over
+          the dump. Row partition_isotropy per variant.
+        properties:
+          enabled: {type: boolean, default: true}
+          special_tokens: {type: boolean, default: false, description: "Include [CLS]/[SEP]-like tokens."}
+          variants:
+            type: array
+            items: {enum: [uncentred, centred]}
+            minItems: 1
+            uniqueItems: true
+            default: [uncentred, centred]
+            description: Uncentred (as Rajaee & Pilehvar) and centred (v minus the layer's mean, eigenvectors of the centred scatter).
+          signs:
+            enum: [both, canonical]
+            default: both
+            description: >-
+              Eigenvectors are defined up to sign and Z(u) != Z(-u): "both" uses u and -u (sign-free, same on CPU and GPU);
+              "canonical" uses each eigenvector once, its largest-magnitude entry positive.
+    """
     rows = (
         Row("partition_isotropy", "partition-function isotropy I(V)", title="I(V) partition isotropy (1 = isotropic)",
             headline_variant="uncentred", isotropic=HIGH),

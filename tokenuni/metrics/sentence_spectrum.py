@@ -37,6 +37,30 @@ from tokenuni.numerics import skewness_rows
 
 class SentenceSpectrum(Metric):
     name = "sentence_spectrum"
+    #: its config entry ``metrics.sentence_spectrum`` (JSON schema as YAML; :meth:`Metric.config_schema`)
+    options_schema = """
+        type: object
+        additionalProperties: false
+        default: {}
+        description: >-
+          Exact singular values of each sentence's token matrix, normalised by the largest, aggregated over sentences
+          (Yan, Gui, Li, He, "Addressing Token Uniformity in Transformers via Singular Value Transformation", UAI 2022).
+          Rows sentence_singular_value_skewness, sentence_top_singular_fraction, sentence_singular_value (component =
+          rank) with spread = std across sentences, and sentence_spectrum_skipped.
+        properties:
+          enabled: {type: boolean, default: true}
+          special_tokens: {type: boolean, default: false, description: "Include [CLS]/[SEP]-like tokens."}
+          min_tokens:
+            type: integer
+            minimum: 1
+            default: 2
+            description: Sentences with fewer tokens are skipped (and counted in sentence_spectrum_skipped).
+          max_rank:
+            type: integer
+            minimum: 0
+            default: 32
+            description: Report the mean normalised singular value at ranks 0 .. max_rank - 1 (zero beyond a sentence's rank).
+    """
     rows = (
         Row("sentence_singular_value_skewness", "skewness of a sentence's normalised singular values", isotropic=LOW),
         Row("sentence_top_singular_fraction", "σ₁² / Σσ² per sentence", isotropic=LOW),

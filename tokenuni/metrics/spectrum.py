@@ -59,6 +59,30 @@ def singular_values_from_gram(gram: np.ndarray, rank_bound: int) -> np.ndarray:
 
 class Spectrum(Metric):
     name = "spectrum"
+    #: its config entry ``metrics.spectrum`` (JSON schema as YAML; :meth:`Metric.config_schema`)
+    options_schema = """
+        type: object
+        additionalProperties: false
+        default: {}
+        description: Exact singular values of the layer's token matrix, their skewness, effective rank and top-k explained variance (Yan et al., UAI 2022).
+        properties:
+          enabled: {type: boolean, default: true}
+          special_tokens: {type: boolean, default: false, description: "Include [CLS]/[SEP]-like tokens."}
+          variants:
+            type: array
+            items: {enum: [uncentred, centred]}
+            minItems: 1
+            uniqueItems: true
+            default: [uncentred, centred]
+          explained_variance_k:
+            type: array
+            items: {type: integer, minimum: 1}
+            uniqueItems: true
+            default: [1, 10, 50]
+            description: >-
+              k values for the explained_variance rows, sum_{i<=k} s_i^2 / sum_i s_i^2 per variant (Yan et al., UAI 2022);
+              1 when k is at least the rank.
+    """
     rows = (
         Row("singular_value", "singular value", headline_variant="uncentred", component=True),
         Row("singular_value_skewness", "skewness of normalised singular values", short="sv_skewness",

@@ -20,6 +20,21 @@ from tokenuni.metrics.rows import LOW, Row
 
 class TokenUniformity(Metric):
     name = "token_uniformity"
+    #: its config entry ``metrics.token_uniformity`` (JSON schema as YAML; :meth:`Metric.config_schema`)
+    options_schema = """
+        type: object
+        additionalProperties: false
+        default: {}
+        description: Mean pairwise cosine among a sentence's tokens, averaged over sentences (Yan et al., UAI 2022).
+        properties:
+          enabled: {type: boolean, default: true}
+          special_tokens: {type: boolean, default: false}
+          min_tokens:
+            type: integer
+            minimum: 2
+            default: 2
+            description: Sentences with fewer tokens are skipped (and counted).
+    """
     rows = (
         Row("token_uniformity", "token uniformity (mean pairwise cosine within a sentence)",
             title="token uniformity (mean cosine within a sentence)", isotropic=LOW),
