@@ -37,6 +37,41 @@ def test_record_and_idempotent_sync(tmp_path):
     assert len(runs) == 1 and runs[0].data.tags["tokenuni.rule"] == "metric"
 
 
+def test_a_stage_result_becomes_one_run_inside_a_job_or_from_a_notebook(tmp_path):
+    """tracking.record is the one translation of a StageResult: into the job's open run, or a run of its own."""
+    import pandas as pd
+
+    from tokenuni.results import StageResult
+    from tokenuni.tracking import record
+
+    table_file = tmp_path / "table.tsv"
+    table_file.write_text("a\n1\n")
+    tidy = pd.DataFrame({"metric": ["avg_cosine"] * 2 + ["singular_value"], "variant": ["uncentred", "", ""],
+                         "component": [None, None, 0], "layer": [0, 1, 1], "value": [0.1, 0.2, 9.0],
+                         "spread": [None, 0.01, None]})
+    result = StageResult(outputs={"table": table_file}, metrics={"rows": 3}, params={"sampling.lid": {"seed": 0}},
+                         tags={"tokenuni.device": "cpu"}, inputs=[(table_file, "dump")],
+                         artifacts=[(table_file, "tables")])
+    result.add_tidy(tidy)
+    assert result.steps == [("avg_cosine.uncentred", 0.1, 0), ("avg_cosine", 0.2, 1), ("avg_cosine.spread", 0.01, 1)]
+
+    job = tmp_path / "runs" / "metric" / "m__c.json"
+    with JobRun(job, rule="metric", wildcards={"model": "m", "corpus": "c"}, params={"k": 3}) as run:
+        record(result, run)
+    notebook = tmp_path / "runs" / "metric" / "m__d.json"
+    record(result, record_path=notebook, rule="metric", wildcards={"model": "m", "corpus": "d"}, params={"k": 3})
+    assert record(result) is None  # neither a run nor a record path: the stage's value alone
+    for path in (job, notebook):
+        data = read_record(path)
+        assert data["status"] == "FINISHED" and data["params"]["sampling.lid.seed"] == "0"
+        assert data["tags"]["tokenuni.device"] == "cpu"
+        logged = [(m["key"], m["value"], m["step"]) for m in data["metrics"]]
+        assert logged[:4] == [("rows", 3.0, 0), ("avg_cosine.uncentred", 0.1, 0), ("avg_cosine", 0.2, 1),
+                              ("avg_cosine.spread", 0.01, 1)]
+        assert [a["artifact_path"] for a in data["artifacts"]] == ["tables"]
+        assert [i["context"] for i in data["inputs"]] == ["dump"]
+
+
 def test_failed_job_leaves_a_failed_record_and_raises(tmp_path):
     record = tmp_path / "runs" / "embed" / "m__c.json"
     with pytest.raises(ValueError, match="boom"):

@@ -223,19 +223,23 @@ def measure(model, texts, metrics=None, *, device=None, corpus: str | None = Non
 def _log_measurement(table, folder: Path, model: str, corpus: str, spec: dict, options: dict, embedded: dict,
                      tracking_uri: str | None, experiment: str) -> str:
     """One MLflow run of a notebook measurement, through a run record and the single-writer sync."""
+    from tokenuni.results import StageResult
     from tokenuni.tables import write_table
-    from tokenuni.tracking import JobRun, log_tidy_metrics, resolve_tracking_uri, sqlite_store, sync_records
+    from tokenuni.tracking import record as record_result
+    from tokenuni.tracking import resolve_tracking_uri, sqlite_store, sync_records
 
     uri = tracking_uri or resolve_tracking_uri(None, Path.cwd())
     record = folder / "runs" / "measure" / f"{model}__{corpus}.json"
     tsv = folder / f"{model}__{corpus}.tsv"
     write_table(table, tsv)
-    with JobRun(record, rule="measure", wildcards={"model": model, "corpus": corpus},
-                params={"model": spec, "metrics": options}) as run:
-        run.log_metrics({k: v for k, v in embedded.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
-        run.set_tags({"tokenuni.device": embedded["device"], "tokenuni.model_source": embedded["model_source"]})
-        log_tidy_metrics(run, table)
-        run.log_artifact(tsv, "metrics")
+    result = StageResult(
+        outputs={"table": tsv},
+        metrics={k: v for k, v in embedded.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
+        tags={"tokenuni.device": embedded["device"], "tokenuni.model_source": embedded["model_source"]},
+        artifacts=[(tsv, "metrics")])
+    result.add_tidy(table)
+    record_result(result, record_path=record, rule="measure", wildcards={"model": model, "corpus": corpus},
+                  params={"model": spec, "metrics": options})
     store = sqlite_store(uri)
     artifacts = str(store.parent / "mlartifacts") if store is not None else None
     result = sync_records([record], tracking_uri=uri, experiment=experiment, artifact_location=artifacts)

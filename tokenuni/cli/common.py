@@ -45,6 +45,21 @@ def job_run(args, params: dict):
     return run
 
 
+def run_stage(args, params: dict, stage, *stage_args, **stage_kwargs):
+    """Open the job's run (with ``--record``), call ``stage`` (a function of :mod:`tokenuni.stages`), record the
+    :class:`~tokenuni.results.StageResult` it returns (:func:`tokenuni.tracking.record`) and log its message.
+    A stage that raises leaves a FAILED record (the run was opened before the work). Returns the result."""
+    with job_run(args, params) as run:
+        result = stage(*stage_args, **stage_kwargs)
+        if run:
+            from tokenuni.tracking import record
+
+            record(result, run)
+    if result.message:
+        log.info("%s", result.message)
+    return result
+
+
 def lease_for(args):
     """Stages that take ``--device`` lease one GPU before torch touches CUDA (see gpu_lease), unless the
     device is ``cpu`` or names one explicitly (``cuda:1``: the caller chose it)."""

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 from tokenuni.cli.common import (add_device_arguments, add_job_arguments, job_run,
-                                 json_argument, set_threads)
+                                 json_argument, run_stage, set_threads)
 
 log = logging.getLogger("tokenuni")
 
@@ -23,80 +23,45 @@ def _process_seconds() -> float | None:
 
 
 def cmd_finetune(args) -> None:
-    import json as json_module
     import time
 
     startup, startup_cpu = _process_seconds(), time.process_time()
     cli_started, cli_cpu = time.perf_counter(), time.process_time()
     from tokenuni.devices import select_device
-    from tokenuni.files import atomic_path
-    from tokenuni.finetune.job import run_finetune, write_predictions
-    from tokenuni.tables import write_table
+    from tokenuni.stages.finetune import finetune
 
     set_threads(args.threads)
     device = select_device(args.device)
-    with job_run(args, {"model": args.model, "task": args.task, "variant": {args.variant_name: args.variant},
-                         "seed": args.seed, "settings": args.settings}) as run:
+    params = {"model": args.model, "task": args.task, "variant": {args.variant_name: args.variant},
+              "seed": args.seed, "settings": args.settings}
+    with job_run(args, params) as run:
         # torch (threads, device), the tracking module
-        cli_imports, cli_imports_cpu = time.perf_counter() - cli_started, time.process_time() - cli_cpu
-        summary, geometry = run_finetune(
-            args.model, model_key=args.model_key, task=args.task, variant_name=args.variant_name,
-            variant=args.variant, seed=args.seed, settings=args.settings, mirror_root=args.mirror or None,
-            device=device, log_metric=(run.log_metric if run else None), progress=not args.no_progress)
-        started, started_cpu = time.perf_counter(), time.process_time()
-        # the metric's own variant/seed columns keep their meaning under other names
-        geometry = geometry.rename(columns={"variant": "metric_variant", "seed": "sample_seed"}).assign(
-            task=args.task, variant=args.variant_name, seed=args.seed)
-        write_table(geometry, args.geometry)
-        summary.update(task=args.task, seed=args.seed)
-        write_predictions(args.predictions, summary)
-        timings, cpu = summary["timings"], summary["timings_cpu"]
-        timings["imports"] += cli_imports
-        cpu["imports"] += cli_imports_cpu
+        process_timings = {"imports": (time.perf_counter() - cli_started, time.process_time() - cli_cpu)}
         if startup is not None:
-            timings["startup"], cpu["startup"] = startup, startup_cpu
-        # the run record's own write follows
-        timings["write"], cpu["write"] = time.perf_counter() - started, time.process_time() - started_cpu
-        summary["seconds_total"], summary["cpu_seconds_total"] = sum(timings.values()), sum(cpu.values())
-        record = {k: v for k, v in summary.items() if k not in ("curves", "dev_logits", "dev_labels")}
-        with atomic_path(args.summary) as tmp:
-            Path(tmp).write_text(json_module.dumps(record, indent=1, default=float), encoding="utf-8")
+            process_timings["startup"] = (startup, startup_cpu)
+        result = finetune(args.model, model_key=args.model_key, task=args.task, variant_name=args.variant_name,
+                          variant=args.variant, seed=args.seed, settings=args.settings, summary_path=args.summary,
+                          geometry_path=args.geometry, predictions_path=args.predictions,
+                          mirror_root=args.mirror or None, device=device,
+                          log_metric=(run.log_metric if run else None), progress=not args.no_progress,
+                          process_timings=process_timings)
         if run:
-            run.set_tags({"tokenuni.device": str(device), "tokenuni.precision": summary.get("precision", "")})
-            run.log_metrics({f"final/{k}": v for k, v in summary["dev"].items()}, step=summary["steps"])
-            run.log_metrics({"seconds": summary["seconds"], "tokens_per_second": summary["tokens_per_second"],
-                             **{f"seconds_per_epoch/{i}": t for i, t in enumerate(summary["seconds_per_epoch"])},
-                             **{f"seconds/{stage}": t for stage, t in timings.items()}})
-            for row in geometry[geometry["component"].isna()].itertuples():
-                key = f"geometry/{row.metric}{'.' + row.metric_variant if row.metric_variant else ''}"
-                run.log_metric(key, row.value, step=row.layer)
-            for path in (args.summary, args.geometry, args.predictions):
-                run.log_artifact(path, "finetune")
+            from tokenuni.tracking import record
+
+            record(result, run)
+    log.info("%s", result.message)
 
 
 def cmd_finetune_table(args) -> None:
-    from tokenuni.files import atomic_path
-    from tokenuni.finetune.summary import study_tables
-    from tokenuni.tables import write_table
+    from tokenuni.stages.finetune import finetune_table
 
-    with job_run(args, {"inputs": len(args.summaries), "bootstrap": args.bootstrap, "baseline": args.baseline}) as run:
-        tables = study_tables(args.summaries, args.predictions, args.geometry, baseline=args.baseline,
-                              n_boot=args.bootstrap, seed=args.bootstrap_seed)
-        outputs = [(tables["results"], args.out), (tables["results"], args.tsv),
-                   (tables["summary"], args.summary_table), (tables["summary"], args.summary_tsv),
-                   (tables["isotropy"], args.isotropy), (tables["geometry"], args.geometry_out)]
-        for table, path in outputs:
-            if path is not None and table is not None:
-                write_table(table, path)
-        with atomic_path(args.markdown) as tmp:
-            Path(tmp).write_text(tables["markdown"], encoding="utf-8")
-        print(tables["markdown"])
-        if run:
-            counts = tables["summary"]["verdict"].value_counts()
-            run.log_metrics({"runs": len(tables["results"]), **{f"verdicts/{k}": int(v) for k, v in counts.items() if k}})
-            for _, path in [*outputs, (None, args.markdown)]:
-                if path:
-                    run.log_artifact(path, "tables")
+    outputs = {"results": args.out, "results_tsv": args.tsv, "summary": args.summary_table,
+               "summary_tsv": args.summary_tsv, "isotropy": args.isotropy, "geometry": args.geometry_out}
+    result = run_stage(args, {"inputs": len(args.summaries), "bootstrap": args.bootstrap, "baseline": args.baseline},
+                       finetune_table, args.summaries, args.predictions, args.geometry, outputs=outputs,
+                       markdown=args.markdown, baseline=args.baseline, bootstrap=args.bootstrap,
+                       bootstrap_seed=args.bootstrap_seed)
+    print(result.value["markdown"])
 
 
 def add_parsers(sub) -> None:

@@ -2,87 +2,40 @@
 ``sts-table`` (the papers'-style summary)."""
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from tokenuni.cli.common import (add_device_arguments, add_job_arguments, add_reader_arguments,
-                                 expected_inputs, job_run, json_argument, set_threads)
-
-log = logging.getLogger("tokenuni")
+                                 expected_inputs, json_argument, run_stage, set_threads)
+from tokenuni.stages import sts as stages
 
 
 def cmd_sentences(args) -> None:
-    from tokenuni.sentences import embed_sentences
-
     set_threads(args.threads)
-    with job_run(args, {"model": args.model, "poolings": args.poolings}) as run:
-        summary = embed_sentences(args.corpus, args.model, args.poolings, args.out, corpus_name=args.corpus_name,
-                                  device=args.device, progress=not args.no_progress)
-        if run:
-            run.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
-            run.set_tags({"tokenuni.device": summary.get("device", "")})
-            run.log_input(args.out, context="sentence_embeddings")
-    log.info("sentence embeddings %s: %s", args.out, summary)
+    run_stage(args, {"model": args.model, "poolings": args.poolings}, stages.sentences, args.corpus, args.model,
+              args.poolings, args.out, corpus_name=args.corpus_name, device=args.device,
+              progress=not args.no_progress)
 
 
 def cmd_sts(args) -> None:
     from tokenuni.devices import select_device
-    from tokenuni.tables import write_table
-    from tokenuni.sts.evaluation import evaluate_transform
 
     set_threads(args.threads)
     device = select_device(args.device)
     files = {Path(p).stem: Path(p) for p in args.sentences}
     datasets = [d for d in args.datasets.split(",") if d]
     geometry_metrics = [m for m in args.geometry_metrics.split(",") if m]
-    with job_run(args, {"transform": {args.transform_name: args.transform}, "pooling": args.pooling,
-                         "datasets": datasets, "geometry_metrics": geometry_metrics}) as run:
-        scores, geometry = evaluate_transform(files, datasets, model=args.model, pooling=args.pooling,
-                                              transform_name=args.transform_name, transform_spec=args.transform,
-                                              geometry_metrics=geometry_metrics, fitted_dir=args.fitted_dir,
-                                              device=device, expected=expected_inputs(args))
-        write_table(scores, args.scores)
-        write_table(geometry, args.geometry)
-        if run:
-            run.log_params({"fit_on": args.transform.get("fit_on", "pool"), "transform_type": args.transform["type"],
-                            "fitted_on": sorted(set(scores["fit_on"])),
-                            "fitted": dict(zip(scores["dataset"], scores["fitted"]))})  # the values used
-            for row in scores[scores["protocol"].isin(["all", "mean_over_subsets", "concatenated"])].itertuples():
-                suffix = "" if row.protocol == "all" else f".{row.protocol}"
-                run.log_metrics({f"spearman.{row.dataset}{suffix}": row.spearman,
-                                 f"pearson.{row.dataset}{suffix}": row.pearson})
-            for row in geometry.itertuples():
-                key = f"{row.metric}{'.' + row.variant if row.variant else ''}.{row.dataset}"
-                run.log_metric(key, row.value)
-            run.log_artifact(args.scores, "sts")
-            run.log_artifact(args.geometry, "sts")
-            if args.fitted_dir and Path(args.fitted_dir).is_dir():
-                for fitted in sorted(Path(args.fitted_dir).glob("*.npz")):
-                    run.log_artifact(fitted, "fitted_transform")
+    params = {"transform": {args.transform_name: args.transform}, "pooling": args.pooling, "datasets": datasets,
+              "geometry_metrics": geometry_metrics}
+    run_stage(args, params, stages.sts, files, datasets, model=args.model, pooling=args.pooling,
+              transform_name=args.transform_name, transform=args.transform, geometry_metrics=geometry_metrics,
+              scores_path=args.scores, geometry_path=args.geometry, fitted_dir=args.fitted_dir, device=device,
+              expected=expected_inputs(args))
 
 
 def cmd_sts_table(args) -> None:
-    import pandas as pd
-
-    from tokenuni.tables import write_table
-    from tokenuni.sts.summary import write_summary
-
-    with job_run(args, {"inputs": len(args.scores)}) as run:
-        scores = pd.concat([pd.read_parquet(p) for p in args.scores], ignore_index=True)
-        geometry = pd.concat([pd.read_parquet(p) for p in args.geometry], ignore_index=True) if args.geometry else None
-        write_table(scores, args.out)
-        if args.tsv:
-            write_table(scores, args.tsv)
-        if args.geometry_out is not None and geometry is not None:
-            write_table(geometry, args.geometry_out)
-        tables = write_summary(scores, geometry, args.markdown, args.html)
-        print(Path(args.markdown).read_text(encoding="utf-8"))
-        if run:
-            run.log_metrics({"rows": len(scores)})
-            for path in (args.out, args.tsv, args.geometry_out, args.markdown, args.html):
-                if path:
-                    run.log_artifact(path, "tables")
-    log.info("STS table: %d rows, %d summary tables -> %s", len(scores), len(tables), args.markdown)
+    run_stage(args, {"inputs": len(args.scores)}, stages.sts_table, args.scores, args.geometry, args.out,
+              markdown=args.markdown, tsv=args.tsv, geometry_out=args.geometry_out, html=args.html)
+    print(Path(args.markdown).read_text(encoding="utf-8"))
 
 
 def add_parsers(sub) -> None:

@@ -1,7 +1,8 @@
 """The one module that talks to MLflow.
 
-Jobs never write to the MLflow store directly. Each job records its run in a small JSON *run
-record* (a declared output of its rule) through :class:`JobRun`; one local job,
+Jobs never write to the MLflow store directly. A stage returns its work as a
+:class:`tokenuni.results.StageResult`, and :func:`record` turns it into a small JSON *run record* (a declared output
+of its rule) through :class:`JobRun`, the job's run, opened before the work so that a failure is recorded too; one local job,
 :func:`sync_records`, then imports the records into the store. One writer means parallel jobs can
 never lose a run or race on SQLite, and the store can always be rebuilt from ``results/runs``.
 The same sync works against an ``mlflow server`` (tracking URI ``http://...``), which is what
@@ -54,15 +55,14 @@ from __future__ import annotations
 # the package's parts: records (what a job writes about its run), views (what the MLflow UI opens on),
 # store (where runs go, and healing a damaged local store), client (MLflow helpers), sync (the single writer)
 from tokenuni.tracking.records import (JobRun, TrackingError, failed_records, file_digest, flatten, git_commit,
-                                       log_tidy_metrics, package_versions, read_record, redact, scrub)
+                                       package_versions, read_record, record, redact, scrub)
 from tokenuni.tracking.store import (_forget_store, default_tracking_uri, heal_store, resolve_tracking_uri,
                                      sqlite_store, store_problem)
 from tokenuni.tracking.sync import SYNC_PAUSE_ENV, sync_records
 from tokenuni.tracking.views import (HEADLINE_COLUMNS, RUNS_VIEW_KEY, STAGES, experiment_tags, headline_last_layer,
                                      headline_metrics, is_headline, runs_view, runs_view_url, stage_of)
 
-__all__ = ["JobRun", "TrackingError", "failed_records", "file_digest", "flatten", "git_commit", "log_tidy_metrics",
-           "package_versions", "read_record", "redact", "scrub", "_forget_store", "default_tracking_uri", "heal_store",
+__all__ = ["JobRun", "TrackingError", "failed_records", "file_digest", "flatten", "git_commit", "package_versions", "read_record", "record", "redact", "scrub", "_forget_store", "default_tracking_uri", "heal_store",
            "resolve_tracking_uri", "sqlite_store", "store_problem", "SYNC_PAUSE_ENV", "sync_records",
            "HEADLINE_COLUMNS", "RUNS_VIEW_KEY", "STAGES", "experiment_tags", "headline_last_layer", "headline_metrics",
            "is_headline", "runs_view", "runs_view_url", "stage_of"]

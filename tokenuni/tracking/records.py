@@ -304,16 +304,34 @@ class JobRun:
             log.exception("could not write the failed run record %s", failed)
 
 
-def log_tidy_metrics(run: JobRun, table) -> None:
-    """Log a tidy metrics table's scalar rows as ``<metric>[.<variant>]`` with ``step = layer`` (and the spread
-    of a sampled value as ``<key>.spread``), as the workflow's metric jobs do."""
-    import pandas as pd
+def record(result, run: JobRun | None = None, *, record_path: str | Path | None = None, rule: str = "",
+           wildcards: dict | None = None, params: dict | None = None) -> JobRun | None:
+    """The one way a :class:`tokenuni.results.StageResult` becomes an MLflow run and a run record.
 
-    for row in table[table["component"].isna()].itertuples():
-        key = row.metric + (f".{row.variant}" if row.variant else "")
-        run.log_metric(key, row.value, step=row.layer)
-        if pd.notna(row.spread):
-            run.log_metric(f"{key}.spread", row.spread, step=row.layer)
+    Inside a job (``run``: the :class:`JobRun` the job opened before its work, so that a failure or a kill is
+    recorded too): the result's params, tags, metrics, steps, inputs and artifacts go into that run. From a
+    notebook (``record_path``, ``rule``, ``wildcards``, ``params``: what the stage was asked): a run is opened and
+    closed around the result and its record written, for ``tokenuni sync`` to import. Without either, nothing is
+    recorded (a stage called for its value alone).
+    """
+    if run is None:
+        if record_path is None:
+            return None
+        with JobRun(record_path, rule=rule, wildcards=wildcards, params=params) as opened:
+            record(result, opened)
+        return opened
+    if result.params:
+        run.log_params(result.params)
+    if result.tags:
+        run.set_tags(result.tags)
+    for path, context in result.inputs:
+        run.log_input(path, context=context)
+    run.log_metrics(result.metrics)
+    for key, value, step in result.steps:
+        run.log_metric(key, value, step=step)
+    for path, folder in result.artifacts:
+        run.log_artifact(path, folder)
+    return run
 
 
 def _job_file(job_key: str) -> str:
