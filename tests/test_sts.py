@@ -143,6 +143,40 @@ def test_sts_dataset_keys_and_pair_count_check():
     assert sum(STS_MIRROR_COUNTS[k] for k in ("sts12", "sts13", "sts14", "sts15", "sts16")) == 12544
 
 
+def test_evaluate_transform_opens_each_sentence_file_once(tmp_path, monkeypatch):
+    """One read per file per job: a dataset's file gives its provenance check, vectors, layers label and the
+    sampled flag from one handle; a fit_on corpus is read once, also when it is an evaluated dataset."""
+    import json
+
+    import tokenuni.sentence_store as sentence_store
+    from tokenuni.sentence_store import write_sentences
+    from tokenuni.sts.evaluation import evaluate_transform
+
+    meta = {"model_id": "org/model", "corpus_max_sentences": "null",
+            "poolings": json.dumps({"mean_first_last": {"pool": "mean", "layers": [1, 6]}})}
+    files = {}
+    for seed, key in enumerate(("stsb-test", "sick-r", "wiki")):
+        table, vecs = _synthetic(seed=seed, subsets=((f"{key}-part", 20),))
+        files[key] = tmp_path / f"{key}.arrow"
+        write_sentences(files[key], table, {"mean_first_last": vecs}, {**meta, "corpus": key})
+    reads = []
+    real_memory_map = pa.memory_map
+    monkeypatch.setattr(pa, "memory_map", lambda path, *args: reads.append(path) or real_memory_map(path, *args))
+    opens = []
+    real_open = sentence_store.open_sentences
+    monkeypatch.setattr(sentence_store, "open_sentences", lambda path: opens.append(str(path)) or real_open(path))
+    for fit_on, read in (("pool", ["stsb-test", "sick-r"]), ("wiki", ["wiki", "stsb-test", "sick-r"]),
+                         ("sick-r", ["sick-r", "stsb-test"])):
+        reads.clear()
+        opens.clear()
+        scores, _ = evaluate_transform(files, ["stsb-test", "sick-r"], model="m", pooling="mean_first_last",
+                                       transform_name="whitening", transform_spec={"type": "whitening",
+                                                                                   "fit_on": fit_on},
+                                       geometry_metrics=[], expected={"model_id": "org/model"})
+        assert opens == reads == [str(files[key]) for key in read], fit_on
+        assert set(scores["layers"]) == {"1+6"} and set(scores["dataset"]) == {"stsb-test", "sick-r"}
+
+
 def test_mirror_counts_are_the_mirror(mirror):
     """Every STS set of the mirror, read with the project's readers, has the README's scored-pair count."""
     from tokenuni.corpora import read_mirror

@@ -27,10 +27,10 @@ tokens when ``special_tokens`` is false):
 Pooling runs in float64 on the model's device; the vectors are stored as float32. Rajaee & Pilehvar
 (ACL 2021) pool without [CLS]/[SEP] (``special_tokens: false``); sentence-transformers keeps them.
 
-File layout (uncompressed Arrow IPC, one row per corpus sentence in corpus order): the corpus
-columns ``sentence_id, pair_id, side, score, label, subset`` and one
-``pooling_<name>: fixed_size_list<float32>[d]`` column per pooling; schema metadata ``tokenuni.*``
-with the model, the corpus, the poolings (JSON, absolute layer indices) and the layer convention.
+This module is the model run (pooling specs, :func:`pool_hidden_states`, :func:`embed_sentences`). The
+file it writes (uncompressed Arrow IPC: the corpus columns and one ``pooling_<name>`` column per pooling,
+``tokenuni.*`` metadata) is :mod:`tokenuni.sentence_store`, which writes it and opens it once for its
+readers; :func:`read_sentences` and :func:`sentences_metadata` here are thin wrappers over its handle.
 """
 from __future__ import annotations
 
@@ -38,36 +38,25 @@ import json
 import logging
 import re
 import time
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
-from tokenuni.corpora import CORPUS_SCHEMA, read_corpus
+from tokenuni.corpora import read_corpus
 from tokenuni.devices import select_device
 from tokenuni.embed import effective_max_length, forward_hidden_states, load_model, tokenize
-from tokenuni.errors import TokenuniError
-from tokenuni.files import atomic_path, library_versions
+from tokenuni.files import library_versions
 from tokenuni.families import family_of, sentence_token_states
+from tokenuni.sentence_store import (  # noqa: F401  (pooling_column: re-exported)
+    CORPUS_COLUMNS, POOLING_PREFIX, SentenceEmbeddingError, open_sentences, pooling_column, write_sentences)
 from tokenuni.sources import model_fingerprint, resolve_model
-from tokenuni.store import LAYER_CONVENTION, META_PREFIX, check_provenance, vectors
+from tokenuni.store import LAYER_CONVENTION
 
 log = logging.getLogger(__name__)
 
 POOLINGS = ("mean", "cls", "max")
 POOLING_KEYS = ("pool", "layers", "special_tokens")
 POOLING_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-CORPUS_COLUMNS = ["sentence_id", "pair_id", "side", "score", "label", "subset"]
-POOLING_PREFIX = "pooling_"
-
-
-class SentenceEmbeddingError(TokenuniError, ValueError):
-    """A pooling spec or sentence-embedding file that cannot be used; the message names it."""
-
-
-def pooling_column(name: str) -> str:
-    return f"{POOLING_PREFIX}{name}"
-
 
 def validate_pooling(name: str, spec: dict, n_layers: int | None = None) -> dict:
     """Check one pooling spec and return it normalised: ``{"pool", "layers", "special_tokens"}``.
@@ -231,61 +220,18 @@ def embed_sentences(corpus_path, model_spec: dict, poolings: dict[str, dict], ou
     return summary
 
 
-def write_sentences(out_path, corpus_columns: pa.Table, pooled: dict[str, np.ndarray],
-                    metadata: dict[str, str]) -> None:
-    """Write the corpus columns and one float32 vector column per pooling, atomically, uncompressed."""
-    fields = [CORPUS_SCHEMA.field(name) for name in CORPUS_COLUMNS]
-    columns = [corpus_columns[name].cast(field.type) for name, field in zip(CORPUS_COLUMNS, fields)]
-    for name, values in pooled.items():
-        values = np.ascontiguousarray(values, dtype=np.float32)
-        if values.ndim != 2 or len(values) != corpus_columns.num_rows:
-            raise SentenceEmbeddingError(f"{out_path}: pooling {name!r} has shape {values.shape}, "
-                                         f"expected ({corpus_columns.num_rows}, d)")
-        d = values.shape[1]
-        fields.append(pa.field(pooling_column(name), pa.list_(pa.float32(), d), nullable=False))
-        columns.append(pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1), type=pa.float32()), d))
-    schema = pa.schema(fields, metadata={f"{META_PREFIX}{k}": v for k, v in metadata.items()})
-    table = pa.Table.from_arrays(columns, schema=schema)
-    with atomic_path(out_path) as tmp:
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:  # uncompressed
-            writer.write_table(table, max_chunksize=65536)
-
-
-def _open(path) -> pa.Table:
-    path = Path(path)
-    if not path.is_file():
-        raise SentenceEmbeddingError(f"sentence-embedding file {path} does not exist")
-    try:
-        table = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
-    except (pa.ArrowInvalid, OSError) as error:
-        raise SentenceEmbeddingError(f"{path} is not a readable Arrow IPC file ({error})") from None
-    if f"{META_PREFIX}poolings".encode() not in (table.schema.metadata or {}):
-        raise SentenceEmbeddingError(
-            f"{path} is not a tokenuni sentence-embedding file (no {META_PREFIX}poolings metadata)")
-    return table
-
-
 def sentences_metadata(path) -> dict[str, str]:
     """The ``tokenuni.*`` metadata of a sentence-embedding file, keys without the prefix, values as stored
     (``poolings`` and ``versions`` are JSON strings), like :func:`tokenuni.corpora.corpus_metadata`."""
-    return _metadata(_open(path))
-
-
-def _metadata(table: pa.Table) -> dict[str, str]:
-    raw = table.schema.metadata or {}
-    return {k.decode()[len(META_PREFIX):]: v.decode() for k, v in raw.items() if k.decode().startswith(META_PREFIX)}
+    return open_sentences(path).metadata
 
 
 def read_sentences(path, pooling: str, expected: dict | None = None) -> tuple[pa.Table, np.ndarray]:
     """The corpus columns and the (n, d) float64 vectors of ``pooling`` from a file of :func:`embed_sentences`.
 
     ``expected``: what the file must have been written for (model, weights, corpus, layers, hidden size),
-    checked first (:func:`tokenuni.store.check_provenance`).
+    checked first (:func:`tokenuni.store.check_provenance`); the file is opened once
+    (:func:`tokenuni.sentence_store.open_sentences`).
     """
-    table = _open(path)
-    check_provenance(path, _metadata(table), expected, what="sentence-embedding file")
-    column = pooling_column(pooling)
-    if column not in table.column_names:
-        available = [c[len(POOLING_PREFIX):] for c in table.column_names if c.startswith(POOLING_PREFIX)]
-        raise SentenceEmbeddingError(f"{path} has no pooling {pooling!r}; it has {', '.join(available)}")
-    return table.select(CORPUS_COLUMNS), vectors(table[column]).astype(np.float64)
+    handle = open_sentences(path).check(expected)
+    return handle.corpus_columns(), handle.vectors(pooling)

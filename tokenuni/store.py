@@ -1,4 +1,5 @@
-"""Embedding dumps: one uncompressed Arrow IPC file per (model, corpus).
+"""Embedding dumps: one uncompressed Arrow IPC file per (model, corpus). (Pooled sentence-embedding files are
+:mod:`tokenuni.sentence_store`.)
 
 Layout (one row per token, rows grouped by sentence, positions in order):
 

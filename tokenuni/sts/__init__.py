@@ -2,7 +2,8 @@
 pooled sentence embeddings against gold scores, Spearman and Pearson × 100, the STS12–16 protocols, the
 mirror's pair counts), :mod:`~tokenuni.sts.evaluation` (one model, pooling and transform over every STS
 dataset, with the geometry of the transformed embeddings) and :mod:`~tokenuni.sts.summary` (the papers'-style
-tables). The model run that pools the sentence embeddings stays in :mod:`tokenuni.sentences`.
+tables). The model run that pools the sentence embeddings stays in :mod:`tokenuni.sentences`; the file it
+writes is read through :mod:`tokenuni.sentence_store`.
 
 ``tokenuni.sts`` called as a function is the notebook API's :func:`tokenuni.api.sts`.
 """

@@ -1,7 +1,8 @@
 """Unsupervised STS with post-hoc transforms: one (model, pooling, transform) over every STS dataset.
 
 Protocol (Yan et al., UAI 2022 §5; Su et al., 2021; Rajaee & Pilehvar, ACL 2021): pooled sentence
-embeddings (:mod:`tokenuni.sentences`), a transform (:mod:`tokenuni.transforms`) fit either on each
+embeddings (written by :mod:`tokenuni.sentences`, each file opened once through
+:func:`tokenuni.sentence_store.open_sentences`), a transform (:mod:`tokenuni.transforms`) fit either on each
 evaluation dataset's own sentences (``fit_on: pool``, what the papers do) or once on another corpus
 (``fit_on: <corpus key>``, e.g. WikiText), cosine similarity of the two sentences of a pair, Spearman and
 Pearson × 100 (:mod:`tokenuni.sts.scoring`). STS12–16 are reported both as the mean over their subsets (the
@@ -35,15 +36,6 @@ GEOMETRY_COLUMNS = ["model", "pooling", "layers", "transform", "dataset", "metri
                     "sample_size", "seed"]
 
 
-def _pooling_layers(path: Path, pooling: str) -> str:
-    """The resolved layer indices of a pooling, from the sentence file's metadata ("0+6")."""
-    from tokenuni.sentences import sentences_metadata
-
-    poolings = json.loads(sentences_metadata(path).get("poolings", "{}"))
-    layers = (poolings.get(pooling) or {}).get("layers") or []
-    return "+".join(str(layer) for layer in layers)
-
-
 def _for_corpus(expected: dict | None, corpus: str) -> dict | None:
     return None if expected is None else {**expected, "corpus": corpus}
 
@@ -58,7 +50,7 @@ def evaluate_transform(sentence_files: dict[str, Path], datasets: list[str], *, 
     (:func:`tokenuni.sources.expected_provenance`); each file's corpus must be its key.
     """
     from tokenuni.metrics import metric_on_matrix
-    from tokenuni.sentences import read_sentences, sentences_metadata
+    from tokenuni.sentence_store import open_sentences
     from tokenuni.sts.scoring import STSError, check_pair_count, pair_cosines, sts_correlations, sts_dataset_key
     from tokenuni.transforms import make_transform
 
@@ -67,17 +59,25 @@ def evaluate_transform(sentence_files: dict[str, Path], datasets: list[str], *, 
     missing = [d for d in datasets + ([fit_on] if fit_on != "pool" else []) if d not in sentence_files]
     if missing:
         raise STSError(f"transform {transform_name}: no sentence embeddings for {', '.join(missing)}")
-    shared = None
+
+    def opened(key: str):  # each file read once, its provenance checked once
+        return open_sentences(sentence_files[key]).check(_for_corpus(expected, key))
+
+    shared = fit_file = None
     if fit_on != "pool":
-        _, fit_vectors = read_sentences(sentence_files[fit_on], pooling, _for_corpus(expected, fit_on))
+        fit_file = opened(fit_on)
+        fit_vectors = fit_file.vectors(pooling)
         shared = make_transform(kind, params, device).fit(fit_vectors)
         shared.fitted_on = f"corpus:{fit_on}"
         log.info("%s fit on %s (%d sentences)", transform_name, fit_on, len(fit_vectors))
-    layers = _pooling_layers(sentence_files[datasets[0]], pooling)
+    layers = None  # the rows' "layers" label: the pooling's layers in the first dataset's file
     scores, geometry = [], []
     warned: set[str] = set()
     for dataset in datasets:
-        table, vectors = read_sentences(sentence_files[dataset], pooling, _for_corpus(expected, dataset))
+        sentence_file = fit_file if dataset == fit_on else opened(dataset)
+        if layers is None:
+            layers = sentence_file.pooling_layers(pooling)
+        table, vectors = sentence_file.corpus_columns(), sentence_file.vectors(pooling)
         transform = shared
         if transform is None:
             transform = make_transform(kind, params, device).fit(vectors)
@@ -93,7 +93,7 @@ def evaluate_transform(sentence_files: dict[str, Path], datasets: list[str], *, 
                 log.warning("transform %s (%s, fit on %s): %d %s", transform_name, kind, transform.fitted_on,
                             fitted[key], meaning)
         pairs = pair_cosines(table, transformed, dataset=dataset)
-        sampled = sentences_metadata(sentence_files[dataset]).get("corpus_max_sentences", "null") not in ("null", "")
+        sampled = sentence_file.sampled
         for key, group in pairs.groupby(pairs["subset"].map(lambda s: sts_dataset_key(s) or "")):
             if key:  # a known release: it must be complete unless it was sampled on purpose
                 check_pair_count(key, group["pair_id"].nunique(), sampled=sampled)

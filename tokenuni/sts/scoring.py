@@ -92,7 +92,7 @@ def pair_cosines(table, vectors: np.ndarray, *, device: str = "cpu", dataset: st
     """One row per pair: ``pair_id, subset, score, cosine`` (side 0 against side 1), sorted by ``pair_id``.
 
     ``table`` holds the corpus columns ``pair_id, side, score, subset`` (a pyarrow Table, e.g. from
-    :func:`tokenuni.sentences.read_sentences`, or a DataFrame) row-aligned with ``vectors`` (n, d).
+    :meth:`tokenuni.sentence_store.SentenceFile.corpus_columns`, or a DataFrame) row-aligned with ``vectors`` (n, d).
     The cosine is computed in float64 on ``device``. ``dataset`` (the corpus key) names it in errors.
     """
     import torch
