@@ -45,9 +45,10 @@ from tokenuni.metrics import compute_metric
 out = {}
 options = json.load(open(f"{sys.argv[4]}/options.json"))
 for name in sys.argv[3].split(","):
-    t = time.perf_counter()
+    clock = time.process_time if sys.argv[7] == "cpu" else time.perf_counter
+    t = clock()
     table = compute_metric(sys.argv[2], name, options[name], model="m", corpus="c", device=sys.argv[6], progress=False)
-    out[name] = time.perf_counter() - t
+    out[name] = clock() - t
     table.to_parquet(f"{sys.argv[4]}/{name}.parquet")
     print(name, round(out[name], 2), flush=True)
 json.dump(out, open(f"{sys.argv[4]}/timings.json", "w"))
@@ -89,7 +90,11 @@ def main() -> None:
                    help="the before code as a folder holding tokenuni/ (no git there, e.g. the GPU machine's copy)")
     p.add_argument("--skip-before", action="store_true", help="reuse the before tables and timings of --workdir")
     p.add_argument("--quick", action="store_true", help="small samples for the sampled metrics (dry runs)")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="cpu: the process's CPU time (all its threads) instead of the wall clock: with --threads 1 it "
+                        "measures the work itself, and stays comparable on a machine other jobs share")
     args = p.parse_args()
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     device = resolve_device(args.device, args.threads)
     if device is None:
         return
@@ -114,12 +119,12 @@ def main() -> None:
     exact = [name for name in METRICS if name not in SAMPLED]
 
     # the floor: one read of the dump, every layer converted to float64 once
-    started = time.perf_counter()
+    started = clock()
     for batch in opened.batches():
         index_tensors(batch, device)
         for layer in range(n_layers):
             vector_tensor(batch.column(layer_column(layer)), device)
-    read_seconds = time.perf_counter() - started
+    read_seconds = clock() - started
 
     # before: one job per metric, the --before commit's code
     before_dir = args.workdir / f"before-{label}"
@@ -131,32 +136,32 @@ def main() -> None:
                 subprocess.run(f"git -C {REPO} archive {args.before} tokenuni | tar -x -C {old}", shell=True, check=True)
             code = str(args.before_dir or old)
             subprocess.run([sys.executable, "-c", BEFORE, code, str(dump), ",".join(METRICS), str(before_dir),
-                            str(args.threads or 0), device], check=True, env={**os.environ, "PYTHONPATH": code})
+                            str(args.threads or 0), device, args.clock], check=True, env={**os.environ, "PYTHONPATH": code})
     before_seconds = json.loads((before_dir / "timings.json").read_text())
     before_tables = {name: pd.read_parquet(before_dir / f"{name}.parquet") for name in METRICS}
 
     # after: the moments (embed's share), one read, the derivations
-    started = time.perf_counter()
+    started = clock()
     moments = LayerMoments(n_layers, device)
     for batch in opened.batches():
         index = index_tensors(batch, device)
         moments.update(index, [vector_tensor(batch.column(layer_column(layer)), device) for layer in range(n_layers)])
-    moments_seconds = time.perf_counter() - started
+    moments_seconds = clock() - started
     plan = pass_plan(options, {"sample_size": 300 if args.quick else 5000, "seed": 0, "special_tokens": False})
-    started = time.perf_counter()
+    started = clock()
     statistics = collect_statistics(dump, plan, device=device, progress=False)
-    pass_seconds = time.perf_counter() - started
+    pass_seconds = clock() - started
     # the exact metrics' own pass: the study with the sampled ones disabled (IsoScore's sample included)
     exact_options = {name: ({**value, "enabled": False} if name in SAMPLED else value) for name, value in options.items()}
-    started = time.perf_counter()
+    started = clock()
     exact_statistics = collect_statistics(dump, pass_plan(exact_options), device=device, progress=False)
-    exact_pass_seconds = time.perf_counter() - started
+    exact_pass_seconds = clock() - started
     save_statistics(statistics, args.workdir / f"stats-{label}.npz")
     after_seconds, deviation = {}, {}
     for name in METRICS:
-        started = time.perf_counter()
+        started = clock()
         table = derive_metric(statistics, name, options[name], model="m", corpus="c", device=device)
-        after_seconds[name] = time.perf_counter() - started
+        after_seconds[name] = clock() - started
         deviation[name] = compare(before_tables[name], table)
 
     exact_before = {name: before_seconds[name] for name in exact}
@@ -186,7 +191,7 @@ def main() -> None:
     rows.append(Row("results: largest deviation from before", [worst], "rel", ratio=worst, target=1e-9,
                     higher_is_better=False, note=", ".join(f"{k} {v:.1e}" for k, v in deviation.items() if v > 0)))
     context = {**machine(), "device": device, "model": spec["id"], "tokens": tokens, "layers": n_layers,
-               "threads": args.threads, "before": args.before}
+               "threads": args.threads, "before": args.before, "clock": args.clock}
     print_table(TITLE, rows, context)
     write_json(args.json_out, TITLE, rows, {**context, "deviation": deviation})
 
