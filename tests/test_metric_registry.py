@@ -25,12 +25,8 @@ from tokenuni.metrics.rows import Row
 class MeanNorm(Metric):
     name = "mean_norm"
     options_schema = """
-        type: object
-        additionalProperties: false
-        default: {}
         description: Mean Euclidean norm of the layer's tokens.
         properties:
-          enabled: {type: boolean, default: true}
           special_tokens: {type: boolean, default: false}
           scale: {type: number, default: 1.0, description: Multiply the mean by this.}
     """
@@ -122,4 +118,7 @@ def test_a_metric_without_a_usable_entry_is_refused():
     from tokenuni.metrics import METRICS
     assert "no_entry" not in METRICS
     with pytest.raises(MetricError, match="no_entry.*options_schema"):
+        NoEntry.config_schema()
+    NoEntry.options_schema = "properties: {k: {type: integer}}"  # no description
+    with pytest.raises(MetricError, match="no_entry.*description"):
         NoEntry.config_schema()

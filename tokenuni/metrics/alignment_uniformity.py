@@ -82,16 +82,12 @@ class AlignmentUniformity(SampledMetric):
     name = "alignment_uniformity"
     #: its config entry ``metrics.alignment_uniformity`` (JSON schema as YAML; :meth:`Metric.config_schema`)
     options_schema = """
-        type: object
-        additionalProperties: false
-        default: {}
         description: >-
           Wang-Isola uniformity log E_{i!=j} exp(-t ||x_i - x_j||^2) of unit-normalised tokens over a seeded sample
           (Wang & Isola, "Understanding Contrastive Representation Learning through Alignment and Uniformity on the
           Hypersphere", ICML 2020). Row wang_isola_uniformity. Alignment needs positive pairs, which dumps do not record:
           not computed.
         properties:
-          enabled: {type: boolean, default: true}
           special_tokens: {type: boolean, default: false, description: "Include [CLS]/[SEP]-like tokens."}
           t:
             type: number

@@ -163,8 +163,9 @@ class Metric(ABC):
     #: :class:`~tokenuni.numerics.MomentSums`, given by :meth:`use_moments`) and/or "sample" (the seeded token
     #: sample, given by :meth:`use_sample`)
     shared: tuple[str, ...] = ()
-    #: its config entry ``metrics.<name>``: a JSON schema written as YAML (type, description, properties with
-    #: defaults), validated and defaulted with the rest of the config (:func:`tokenuni.config.load_schema`)
+    #: its config entry ``metrics.<name>``, written as YAML: a ``description`` and the ``properties`` of its options
+    #: (JSON schema, with defaults); :meth:`config_schema` adds what every entry shares (an object of these keys only,
+    #: default ``{}``, and ``enabled``), and the config validates and defaults it (:func:`tokenuni.config.load_schema`)
     options_schema: str = ""
 
     def __init_subclass__(cls, **kwargs):
@@ -177,16 +178,18 @@ class Metric(ABC):
 
     @classmethod
     def config_schema(cls) -> dict:
-        """The JSON schema of the metric's config entry, parsed from :attr:`options_schema`."""
+        """The JSON schema of the metric's config entry: :attr:`options_schema` plus what every entry shares."""
         import textwrap
 
         import yaml
 
-        schema = yaml.safe_load(textwrap.dedent(cls.options_schema)) if cls.options_schema.strip() else None
-        if not isinstance(schema, dict) or "enabled" not in schema.get("properties", {}):
-            raise MetricError(f"metric {cls.name} ({cls.__module__}): options_schema must be a YAML mapping whose "
-                              "properties include enabled ({type: boolean, default: true})")
-        return schema
+        declared = yaml.safe_load(textwrap.dedent(cls.options_schema)) if cls.options_schema.strip() else None
+        if not isinstance(declared, dict) or not declared.get("description") \
+                or not isinstance(declared.get("properties") or {}, dict) or set(declared) - {"description", "properties"}:
+            raise MetricError(f"metric {cls.name} ({cls.__module__}): options_schema must be YAML with a description "
+                              "and (optionally) the properties of its options")
+        return {"type": "object", "additionalProperties": False, "default": {}, "description": declared["description"],
+                "properties": {"enabled": {"type": "boolean", "default": True}, **(declared.get("properties") or {})}}
 
     def __init__(self, device="cpu", special_tokens: bool = False, enabled: bool = True):
         import torch

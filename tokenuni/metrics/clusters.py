@@ -187,16 +187,12 @@ class Clusters(SampledMetric):
     name = "clusters"
     #: its config entry ``metrics.clusters`` (JSON schema as YAML; :meth:`Metric.config_schema`)
     options_schema = """
-        type: object
-        additionalProperties: false
-        default: {}
         description: >-
           k-means clusters of a seeded token sample, mean silhouette per k, best k by maximum mean silhouette
           (k = 1 below min_silhouette) and the cosine family within the chosen clusters, raw and after
           center shifting (Cai, Huang, Bian, Church, "Isotropy in the Contextual Embedding Space: Clusters and
           Manifolds", ICLR 2021).
         properties:
-          enabled: {type: boolean, default: true}
           special_tokens: {type: boolean, default: false, description: "Include [CLS]/[SEP]-like tokens."}
           sample_size:
             type: integer

@@ -61,15 +61,11 @@ class CosineFamily(Metric):
     name = "cosine_family"
     #: its config entry ``metrics.cosine_family`` (JSON schema as YAML; :meth:`Metric.config_schema`)
     options_schema = """
-        type: object
-        additionalProperties: false
-        default: {}
         description: >
           Exact average cosine, intra-type (S_intra) and inter-type (S_inter) cosine similarity, uncentred and
           centred (Cai, Huang, Bian, Church, "Isotropy in the Contextual Embedding Space: Clusters and Manifolds",
           ICLR 2021; Ethayarajh, EMNLP 2019). Two passes over the dump when "centred" is requested.
         properties:
-          enabled: {type: boolean, default: true}
           special_tokens: {type: boolean, default: false, description: "Include [CLS]/[SEP]-like tokens (as types of their own)."}
           variants:
             type: array

@@ -120,9 +120,6 @@ class IsoScoreMetric(SampledMetric):
     name = "isoscore"
     #: its config entry ``metrics.isoscore`` (JSON schema as YAML; :meth:`Metric.config_schema`)
     options_schema = """
-        type: object
-        additionalProperties: false
-        default: {}
         description: >-
           IsoScore of the layer's tokens, exact from the streamed covariance (Rudman, Gillman, Rayne, Eickhoff,
           "IsoScore: Measuring the Uniformity of Embedding Space Utilization", Findings of ACL 2022), and IsoScore* of a
@@ -130,7 +127,6 @@ class IsoScoreMetric(SampledMetric):
           Eickhoff, "Stable Anisotropic Regularization", ICLR 2024). Rows isoscore and isoscore_star (sample_size, seed,
           spread = bootstrap std recorded).
         properties:
-          enabled: {type: boolean, default: true}
           special_tokens: {type: boolean, default: false, description: "Include [CLS]/[SEP]-like tokens."}
           zeta:
             type: number

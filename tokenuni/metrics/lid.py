@@ -122,15 +122,11 @@ class LocalIntrinsicDimension(SampledMetric):
     name = "lid"
     #: its config entry ``metrics.lid`` (JSON schema as YAML; :meth:`Metric.config_schema`)
     options_schema = """
-        type: object
-        additionalProperties: false
-        default: {}
         description: >-
           Local intrinsic dimension by maximum likelihood, LID(x) = -((1/k) sum_i log(r_i / r_k))^-1 over the k nearest
           neighbours within a seeded token sample (Amsaleg et al., "Estimating Local Intrinsic Dimensionality", KDD 2015;
           as used by Cai et al., ICLR 2021). Rows lid_mean, lid_std, lid_median (component = k) and lid_duplicate_tokens.
         properties:
-          enabled: {type: boolean, default: true}
           special_tokens: {type: boolean, default: false, description: "Include [CLS]/[SEP]-like tokens."}
           k:
             type: integer

@@ -56,14 +56,10 @@ class Oversmoothing(Metric):
     name = "oversmoothing"
     #: its config entry ``metrics.oversmoothing`` (JSON schema as YAML; :meth:`Metric.config_schema`)
     options_schema = """
-        type: object
-        additionalProperties: false
-        default: {}
         description: >-
           Over-smoothing by depth (Shi et al., ICLR 2022): per sentence, cosine of tokens to the mean token,
           relative distance to it, and [CLS] uniformity (Yan et al., UAI 2022); averaged over sentences.
         properties:
-          enabled: {type: boolean, default: true}
           special_tokens: {type: boolean, default: false}
           min_tokens: {type: integer, minimum: 2, default: 2}
     """
@@ -178,12 +174,7 @@ class LayerNormScale(Metric):
     name = "layernorm_scale"
     #: its config entry ``metrics.layernorm_scale`` (JSON schema as YAML; :meth:`Metric.config_schema`)
     options_schema = """
-        type: object
-        additionalProperties: false
-        default: {}
         description: Norms of the layer-norm gamma and beta per layer, read from the model (Shi et al., ICLR 2022).
-        properties:
-          enabled: {type: boolean, default: true}
     """
     rows = (  # one value per layer norm of the block: variant = its place
         Row("layernorm_gamma_norm", "layer-norm ‖γ‖", headline_variant="*"),

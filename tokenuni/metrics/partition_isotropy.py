@@ -42,16 +42,12 @@ class PartitionIsotropy(Metric):
     name = "partition_isotropy"
     #: its config entry ``metrics.partition_isotropy`` (JSON schema as YAML; :meth:`Metric.config_schema`)
     options_schema = """
-        type: object
-        additionalProperties: false
-        default: {}
         description: >-
           Partition-function isotropy I(V) = min_u Z(u) / max_u Z(u), Z(u) = sum_i exp(u^T v_i), u over the eigenvectors
           of V^T V (Mu & Viswanath, "All-but-the-Top: Simple and Effective Postprocessing for Word Representations",
           ICLR 2018; Cai et al., ICLR 2021; Rajaee & Pilehvar, ACL 2021). Overflow-free (log-sum-exp); two passes over
           the dump. Row partition_isotropy per variant.
         properties:
-          enabled: {type: boolean, default: true}
           special_tokens: {type: boolean, default: false, description: "Include [CLS]/[SEP]-like tokens."}
           variants:
             type: array

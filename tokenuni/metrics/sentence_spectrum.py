@@ -39,16 +39,12 @@ class SentenceSpectrum(Metric):
     name = "sentence_spectrum"
     #: its config entry ``metrics.sentence_spectrum`` (JSON schema as YAML; :meth:`Metric.config_schema`)
     options_schema = """
-        type: object
-        additionalProperties: false
-        default: {}
         description: >-
           Exact singular values of each sentence's token matrix, normalised by the largest, aggregated over sentences
           (Yan, Gui, Li, He, "Addressing Token Uniformity in Transformers via Singular Value Transformation", UAI 2022).
           Rows sentence_singular_value_skewness, sentence_top_singular_fraction, sentence_singular_value (component =
           rank) with spread = std across sentences, and sentence_spectrum_skipped.
         properties:
-          enabled: {type: boolean, default: true}
           special_tokens: {type: boolean, default: false, description: "Include [CLS]/[SEP]-like tokens."}
           min_tokens:
             type: integer

@@ -61,12 +61,8 @@ class Spectrum(Metric):
     name = "spectrum"
     #: its config entry ``metrics.spectrum`` (JSON schema as YAML; :meth:`Metric.config_schema`)
     options_schema = """
-        type: object
-        additionalProperties: false
-        default: {}
         description: Exact singular values of the layer's token matrix, their skewness, effective rank and top-k explained variance (Yan et al., UAI 2022).
         properties:
-          enabled: {type: boolean, default: true}
           special_tokens: {type: boolean, default: false, description: "Include [CLS]/[SEP]-like tokens."}
           variants:
             type: array

@@ -22,12 +22,8 @@ class TokenUniformity(Metric):
     name = "token_uniformity"
     #: its config entry ``metrics.token_uniformity`` (JSON schema as YAML; :meth:`Metric.config_schema`)
     options_schema = """
-        type: object
-        additionalProperties: false
-        default: {}
         description: Mean pairwise cosine among a sentence's tokens, averaged over sentences (Yan et al., UAI 2022).
         properties:
-          enabled: {type: boolean, default: true}
           special_tokens: {type: boolean, default: false}
           min_tokens:
             type: integer

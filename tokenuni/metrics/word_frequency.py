@@ -40,15 +40,11 @@ class WordFrequency(Metric):
     name = "word_frequency"
     #: its config entry ``metrics.word_frequency`` (JSON schema as YAML; :meth:`Metric.config_schema`)
     options_schema = """
-        type: object
-        additionalProperties: false
-        default: {}
         description: >
           Exact Pearson correlations of token frequency (the dump's in-corpus counts) with the projections on the
           leading principal components and with the vector norm (Cai et al., ICLR 2021; Gao et al.,
           "Representation Degeneration Problem in Training Natural Language Generation Models", ICLR 2019).
         properties:
-          enabled: {type: boolean, default: true}
           special_tokens: {type: boolean, default: false, description: "Include [CLS]/[SEP]-like tokens."}
           log_frequency:
             type: boolean
