@@ -68,10 +68,7 @@ class CosineFamily(Metric):
         properties:
           special_tokens: {type: boolean, default: false, description: "Include [CLS]/[SEP]-like tokens (as types of their own)."}
           variants:
-            type: array
-            items: {enum: [uncentred, centred]}
-            minItems: 1
-            uniqueItems: true
+            $ref: "#/$defs/centring_variants"
             default: [uncentred, centred]
             description: Centred = x minus the layer's token mean before normalising (needs a second pass).
           type_sampling:

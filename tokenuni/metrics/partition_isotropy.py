@@ -50,10 +50,7 @@ class PartitionIsotropy(Metric):
         properties:
           special_tokens: {type: boolean, default: false, description: "Include [CLS]/[SEP]-like tokens."}
           variants:
-            type: array
-            items: {enum: [uncentred, centred]}
-            minItems: 1
-            uniqueItems: true
+            $ref: "#/$defs/centring_variants"
             default: [uncentred, centred]
             description: Uncentred (as Rajaee & Pilehvar) and centred (v minus the layer's mean, eigenvectors of the centred scatter).
           signs:

@@ -65,10 +65,7 @@ class Spectrum(Metric):
         properties:
           special_tokens: {type: boolean, default: false, description: "Include [CLS]/[SEP]-like tokens."}
           variants:
-            type: array
-            items: {enum: [uncentred, centred]}
-            minItems: 1
-            uniqueItems: true
+            $ref: "#/$defs/centring_variants"
             default: [uncentred, centred]
           explained_variance_k:
             type: array
