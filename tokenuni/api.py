@@ -103,7 +103,7 @@ def validated(models: dict, corpora: dict, metrics: dict | None = None, **sectio
 
 def metrics_section(metrics) -> dict:
     """The config's ``metrics`` section for ``metrics``: None = :data:`DEFAULT_METRICS`, a list of names, a
-    comma-separated string, or ``{name: options}``; every other metric disabled."""
+    comma-separated string, or ``{name: options}``, in the order given; every other metric disabled, after them."""
     from tokenuni.metrics import METRICS
 
     if metrics is None:
@@ -115,7 +115,8 @@ def metrics_section(metrics) -> dict:
     if unknown or not chosen:
         raise ApiError(f"metrics: unknown {', '.join(map(repr, unknown))} (known: {', '.join(METRICS)})" if unknown
                        else f"metrics: name at least one (known: {', '.join(METRICS)})")
-    return {name: dict(chosen[name]) if name in chosen else {"enabled": False} for name in METRICS}
+    return {**{name: dict(options) for name, options in chosen.items()},
+            **{name: {"enabled": False} for name in METRICS if name not in chosen}}
 
 
 def headline_per_layer(table: pd.DataFrame) -> pd.DataFrame:
