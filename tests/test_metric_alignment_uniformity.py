@@ -8,6 +8,7 @@ import scipy.spatial.distance
 import scipy.special
 import torch
 from dump_helpers import layer_matrix
+from metric_helpers import feed, token_batch
 
 from tokenuni.metrics import compute_metric
 from tokenuni.metrics.alignment_uniformity import AlignmentUniformity
@@ -37,23 +38,9 @@ def reference_bootstrap(x, resamples, seed, t=2.0):
     return np.array(values)
 
 
-def batch_of(x, sentence_ids=None, positions=None):
-    n = len(x)
-    ids = np.zeros(n, np.int64) if sentence_ids is None else sentence_ids
-    pos = np.arange(n) if positions is None else positions
-    zeros = torch.zeros(n, dtype=torch.int64)
-    return TokenBatch(x=torch.as_tensor(x, dtype=torch.float64), sentence_id=torch.as_tensor(ids),
-                      token_id=zeros, special=torch.zeros(n, dtype=torch.bool), frequency=zeros,
-                      position=torch.as_tensor(pos))
-
-
 def run(x, chunks=1, **options):
     """The single row (or None), feeding x (one token per position of one long sentence) in ``chunks``."""
-    metric = AlignmentUniformity(**options)
-    positions = np.arange(len(x))
-    for part in np.array_split(positions, chunks):
-        metric.update(batch_of(x[part], positions=positions[part]))
-    rows = metric.compute()
+    rows = feed(AlignmentUniformity(**options), x, chunks, positions=np.arange(len(x)))
     assert len(rows) <= 1
     return rows[0] if rows else None
 
@@ -154,7 +141,7 @@ def test_memory_is_bounded():
     metric = AlignmentUniformity(sample_size=100)
     sizes = []
     for b in range(60):
-        metric.update(batch_of(rng.standard_normal((50, 32)), sentence_ids=np.full(50, b), positions=np.arange(50)))
+        metric.update(token_batch(rng.standard_normal((50, 32)), sentence_ids=np.full(50, b), positions=np.arange(50)))
         sizes.append(metric.memory_bytes())
     assert max(sizes) <= 2 * 100 * (32 + 8) * 8
     assert max(sizes[30:]) <= max(sizes[:30])

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from metric_helpers import feed, token_batch
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, silhouette_score
 from threadpoolctl import threadpool_limits
 
 from tokenuni.metrics import compute_metric
-from tokenuni.metrics.base import TokenBatch
 from tokenuni.metrics.clusters import Clusters, silhouette_scores
 from tokenuni.numerics import kmeans, token_hash
 from tokenuni.store import layer_column, open_dump, vectors
@@ -176,23 +176,15 @@ def test_kmeans_recovers_separated_blobs_and_is_seeded():
     assert torch.equal(labels, again)
 
 
-def token_batch(x, sentence_ids, positions=None):
-    n = len(x)
-    positions = np.arange(n) if positions is None else positions
-    return TokenBatch(x=torch.as_tensor(x, dtype=torch.float64), sentence_id=torch.as_tensor(sentence_ids, dtype=torch.int64),
-                      token_id=torch.as_tensor(positions % 7, dtype=torch.int64), special=torch.zeros(n, dtype=torch.bool),
-                      frequency=torch.ones(n, dtype=torch.int64), position=torch.as_tensor(positions, dtype=torch.int64))
-
-
 def run(x, sentence_ids=None, chunks=1, **options):
     """Feed x in `chunks` batches (positions: the index within the sentence, whatever the batching)."""
     sentence_ids = np.repeat(np.arange(len(x) // 10 + 1), 10)[:len(x)] if sentence_ids is None else sentence_ids
     starts = {s: i for i, s in reversed(list(enumerate(sentence_ids)))}
     positions = np.arange(len(x)) - np.array([starts[s] for s in sentence_ids], dtype=np.int64)
     metric = Clusters(**{"k_max": 5, "n_init": 2, "repeats": 2, **options})
-    for part in np.array_split(np.arange(len(x)), chunks):
-        metric.update(token_batch(x[part], sentence_ids[part], positions[part]))
-    return {(v.metric, v.variant, v.component): v for v in metric.compute()}
+    rows = feed(metric, x, chunks, sentence_ids=sentence_ids, positions=positions, token_ids=positions % 7,
+                frequency=np.ones(len(x), np.int64))
+    return {(v.metric, v.variant, v.component): v for v in rows}
 
 
 def test_three_blobs_give_three_clusters():
@@ -258,7 +250,8 @@ def test_batching_invariance_and_bounded_memory():
     metric = Clusters(sample_size=100)
     sizes = []
     for i in range(40):
-        metric.update(token_batch(rng.standard_normal((50, 12)), np.full(50, i)))
+        metric.update(token_batch(rng.standard_normal((50, 12)), np.full(50, i), positions=np.arange(50),
+                                  token_ids=np.arange(50) % 7, frequency=np.ones(50, np.int64)))
         sizes.append(metric.memory_bytes())
     assert max(sizes[10:]) <= max(sizes[:10]) * 1.01  # the reservoir holds at most 2 x sample_size rows
 

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from metric_helpers import feed, token_batch
 
 from tokenuni.metrics import compute_metric
-from tokenuni.metrics.base import TokenBatch
 from tokenuni.metrics.cosine_family import CosineFamily
 from tokenuni.numerics import token_hash
 from tokenuni.store import layer_column, open_dump, vectors
@@ -132,34 +132,17 @@ def test_special_tokens_are_types_when_included(minilm_dump):
 
 
 # -- analytic cases -------------------------------------------------------------------------------------
-def make_batch(x, token_id, sentence_id=None, position=None):
-    n = len(x)
-    sentence_id = np.zeros(n, np.int64) if sentence_id is None else sentence_id
-    position = np.arange(n) if position is None else position
-    return TokenBatch(x=torch.as_tensor(x, dtype=torch.float64), sentence_id=torch.as_tensor(sentence_id, dtype=torch.int64),
-                      token_id=torch.as_tensor(token_id, dtype=torch.int64), special=torch.zeros(n, dtype=torch.bool),
-                      frequency=torch.ones(n, dtype=torch.int64), position=torch.as_tensor(position, dtype=torch.int64))
-
-
-def feed(x, token_id, chunks=1, sentence_id=None, position=None, **options):
-    metric = CosineFamily(**options)
-    parts = np.array_split(np.arange(len(x)), chunks)
-    for p in range(metric.passes):
-        metric.begin_pass(p)
-        for part in parts:
-            metric.update(make_batch(x[part], token_id[part], None if sentence_id is None else sentence_id[part],
-                                     np.arange(len(x))[part] if position is None else position[part]))
-    return metric
-
-
-def results(metric):
-    return {(v.metric, v.variant): v for v in metric.compute()}
+def run(x, token_id, chunks=1, sentence_id=None, position=None, **options):
+    """Rows keyed by (metric, variant); positions default to the index in x, frequencies to 1."""
+    rows = feed(CosineFamily(**options), x, chunks, token_ids=token_id, sentence_ids=sentence_id,
+                positions=np.arange(len(x)) if position is None else position, frequency=np.ones(len(x), np.int64))
+    return {(v.metric, v.variant): v for v in rows}
 
 
 def test_single_token_type_has_no_s_inter():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((40, 8)) + 2.0
-    values = results(feed(x, np.full(40, 5)))
+    values = run(x, np.full(40, 5))
     for variant in ("uncentred", "centred"):
         assert ("s_inter", variant) not in values
         centred = x - x.mean(axis=0) if variant == "centred" else x
@@ -173,7 +156,7 @@ def test_duplicated_points_have_all_cosines_one():
     x = np.tile(np.array([[1.0, -2.0, 3.0]]), (30, 1))
     token_id = np.repeat([3, 9, 100], 10)
     for sampling in ("exact", "one_per_type"):
-        values = results(feed(x, token_id, type_sampling=sampling))
+        values = run(x, token_id, type_sampling=sampling)
         for metric in ("avg_cosine", "s_intra", "s_inter"):
             assert values[(metric, "uncentred")].value == pytest.approx(1.0, abs=1e-12)
         # centred, every vector is zero: no direction, no rows
@@ -186,7 +169,7 @@ def test_isotropic_gaussian():
     x = rng.standard_normal((n, 16))
     token_id = rng.integers(0, 300, n)
     for sampling in ("exact", "one_per_type"):
-        values = results(feed(x, token_id, type_sampling=sampling, repeats=3))
+        values = run(x, token_id, type_sampling=sampling, repeats=3)
         for key, row in values.items():
             assert abs(row.value) < 3 / np.sqrt(n), (key, row.value)
 
@@ -195,8 +178,8 @@ def test_every_type_once_makes_s_inter_the_average_cosine():
     rng = np.random.default_rng(2)
     x = rng.standard_normal((50, 6)) + 1.0
     token_id = rng.permutation(1000)[:50]
-    exact = results(feed(x, token_id))
-    sampled = results(feed(x, token_id, type_sampling="one_per_type", repeats=3))
+    exact = run(x, token_id)
+    sampled = run(x, token_id, type_sampling="one_per_type", repeats=3)
     for variant in ("uncentred", "centred"):
         expected = off_diagonal_mean(cosine_matrix(x - x.mean(axis=0) if variant == "centred" else x))
         assert exact[("s_inter", variant)].value == pytest.approx(expected, rel=1e-12)
@@ -213,8 +196,8 @@ def test_batching_invariance(sampling):
     sentence_id = np.repeat(np.arange(40), 15)
     position = np.tile(np.arange(15), 40)
     token_id = rng.integers(0, 5000, n) % 97 * 31  # sparse, large ids
-    whole = results(feed(x, token_id, 1, sentence_id, position, type_sampling=sampling))
-    split = results(feed(x, token_id, 13, sentence_id, position, type_sampling=sampling))
+    whole = run(x, token_id, 1, sentence_id, position, type_sampling=sampling)
+    split = run(x, token_id, 13, sentence_id, position, type_sampling=sampling)
     assert whole.keys() == split.keys() and len(whole) == 6
     for key, row in whole.items():
         assert split[key].value == pytest.approx(row.value, rel=1e-9, abs=1e-12)
@@ -229,7 +212,7 @@ def test_memory_is_bounded_by_the_vocabulary():
         metric.begin_pass(p)
         for b in range(200):
             x = rng.standard_normal((64, 8))
-            metric.update(make_batch(x, rng.integers(0, 50, 64), np.full(64, b), np.arange(64)))
+            metric.update(token_batch(x, np.full(64, b), np.arange(64), rng.integers(0, 50, 64), np.ones(64, np.int64)))
             if p == 0 and b in (20, 199):
                 sizes.append(metric.memory_bytes())
     assert sizes[0] == sizes[1]
@@ -243,7 +226,8 @@ def test_uncentred_only_needs_one_pass_and_options_are_checked():
     metric = CosineFamily(variants=["uncentred"])
     assert metric.passes == 1
     rng = np.random.default_rng(5)
-    metric.update(make_batch(rng.standard_normal((20, 4)), rng.integers(0, 4, 20)))
+    metric.update(token_batch(rng.standard_normal((20, 4)), positions=np.arange(20), token_ids=rng.integers(0, 4, 20),
+                               frequency=np.ones(20, np.int64)))
     assert {v.variant for v in metric.compute()} == {"uncentred"}
     for bad in ({"variants": []}, {"variants": ["whitened"]}, {"type_sampling": "two_per_type"}, {"repeats": 0}):
         with pytest.raises(ValueError):
@@ -252,7 +236,7 @@ def test_uncentred_only_needs_one_pass_and_options_are_checked():
 
 def test_too_few_tokens_give_no_rows():
     assert CosineFamily().compute() == []
-    assert results(feed(np.ones((1, 4)), np.array([1]))) == {}
+    assert run(np.ones((1, 4)), np.array([1])) == {}
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")

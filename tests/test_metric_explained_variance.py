@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from dump_helpers import layer_matrix
+from metric_helpers import feed
 
 from tokenuni.metrics import compute_metric
-from tokenuni.metrics.base import TokenBatch
 from tokenuni.metrics.spectrum import Spectrum, explained_variance
 from tokenuni.store import open_dump
 
@@ -48,18 +47,9 @@ def test_default_components_and_existing_rows_unchanged(minilm_dump):
     assert set(table.metric) == {"singular_value", "singular_value_skewness", "effective_rank", "explained_variance"}
 
 
-def batch_of(x):
-    n = len(x)
-    zeros = torch.zeros(n, dtype=torch.int64)
-    return TokenBatch(x=torch.as_tensor(x, dtype=torch.float64), sentence_id=zeros, token_id=zeros,
-                      special=torch.zeros(n, dtype=torch.bool), frequency=zeros)
-
-
 def run(x, chunks=1, **options):
-    metric = Spectrum(**options)
-    for part in np.array_split(np.arange(len(x)), chunks):
-        metric.update(batch_of(x[part]))
-    return {(v.variant, v.component): v.value for v in metric.compute() if v.metric == "explained_variance"}
+    return {(v.variant, v.component): v.value for v in feed(Spectrum(**options), x, chunks)
+            if v.metric == "explained_variance"}
 
 
 def test_analytic_cases():

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 import torch
 from IsoScore import IsoScore as isoscore_package
+from metric_helpers import feed, token_batch
 
 from tokenuni.metrics import compute_metric
-from tokenuni.metrics.base import TokenBatch
 from tokenuni.metrics.isoscore import IsoScoreMetric, isoscore_from_covariance, isoscore_from_variances
 from tokenuni.numerics import token_hash
 from tokenuni.store import layer_column, open_dump, vectors
@@ -81,21 +81,11 @@ def pd_isna(value):
 
 
 # -- analytic cases ----------------------------------------------------------------------------------
-def batch_of(x, ids, positions):
-    n = len(x)
-    zeros = torch.zeros(n, dtype=torch.int64)
-    return TokenBatch(x=torch.as_tensor(x, dtype=torch.float64), sentence_id=torch.as_tensor(ids),
-                      token_id=zeros, special=torch.zeros(n, dtype=torch.bool), frequency=zeros,
-                      position=torch.as_tensor(positions))
-
-
 def run(x, chunks=1, tokens_per_sentence=10, **options):
     metric = IsoScoreMetric(**options)
-    ids = np.arange(len(x)) // tokens_per_sentence
-    positions = np.arange(len(x)) % tokens_per_sentence
-    for part in np.array_split(np.arange(len(x)), chunks):
-        metric.update(batch_of(x[part], ids[part], positions[part]))
-    return metric, {v.metric: v for v in metric.compute()}
+    rows = feed(metric, x, chunks, sentence_ids=np.arange(len(x)) // tokens_per_sentence,
+                positions=np.arange(len(x)) % tokens_per_sentence)
+    return metric, {v.metric: v for v in rows}
 
 
 def test_isotropic_gaussian_scores_one():
@@ -175,7 +165,7 @@ def test_memory_is_bounded():
     sizes = []
     for b in range(200):
         ids = np.repeat(np.arange(b * 10, b * 10 + 10), 10)
-        metric.update(batch_of(rng.standard_normal((100, d)), ids, np.tile(np.arange(10), 10)))
+        metric.update(token_batch(rng.standard_normal((100, d)), ids, np.tile(np.arange(10), 10)))
         sizes.append(metric.memory_bytes())
     bound = 8 * (d * d + d) + 2 * 100 * 8 * (d + 4) + 2 * 100 * 8 + 1024
     assert max(sizes) <= bound

@@ -7,6 +7,7 @@ import pytest
 import scipy.spatial.distance
 import torch
 from dump_helpers import layer_matrix
+from metric_helpers import feed, token_batch
 
 from tokenuni.metrics import compute_metric
 from tokenuni.metrics.base import TokenBatch
@@ -28,23 +29,10 @@ def reference_lid(x, k, squared=False):
     return lid, len(x) - len(distinct)
 
 
-def batch_of(x, sentence_ids=None, positions=None):
-    n = len(x)
-    ids = np.zeros(n, np.int64) if sentence_ids is None else sentence_ids
-    pos = np.arange(n) if positions is None else positions
-    zeros = torch.zeros(n, dtype=torch.int64)
-    return TokenBatch(x=torch.as_tensor(x, dtype=torch.float64), sentence_id=torch.as_tensor(ids),
-                      token_id=zeros, special=torch.zeros(n, dtype=torch.bool), frequency=zeros,
-                      position=torch.as_tensor(pos))
-
-
 def run(x, chunks=1, **options):
     """Rows keyed by metric name, feeding x (one token per position of one long sentence) in ``chunks``."""
     metric = LocalIntrinsicDimension(**options)
-    positions = np.arange(len(x))
-    for part in np.array_split(positions, chunks):
-        metric.update(batch_of(x[part], positions=positions[part]))
-    return {v.metric: v for v in metric.compute()}, metric
+    return {v.metric: v for v in feed(metric, x, chunks, positions=np.arange(len(x)))}, metric
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +174,7 @@ def test_memory_is_bounded():
     sizes = []
     for b in range(60):
         x = rng.standard_normal((50, 32))
-        metric.update(batch_of(x, sentence_ids=np.full(50, b), positions=np.arange(50)))
+        metric.update(token_batch(x, sentence_ids=np.full(50, b), positions=np.arange(50)))
         sizes.append(metric.memory_bytes())
     bound = 2 * 100 * (32 + 8) * 8
     assert max(sizes) <= bound

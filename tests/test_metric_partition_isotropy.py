@@ -6,12 +6,11 @@ import math
 
 import numpy as np
 import pytest
-import torch
 from dump_helpers import layer_matrix
+from metric_helpers import feed, token_batch
 from scipy.special import logsumexp
 
 from tokenuni.metrics import compute_metric
-from tokenuni.metrics.base import TokenBatch
 from tokenuni.metrics.partition_isotropy import PartitionIsotropy
 from tokenuni.store import open_dump
 
@@ -61,21 +60,8 @@ def test_both_signs_is_at_most_one_sign(tables):
 
 
 # -- analytic cases ----------------------------------------------------------------------------------
-def batch_of(x):
-    n = len(x)
-    zeros = torch.zeros(n, dtype=torch.int64)
-    return TokenBatch(x=torch.as_tensor(x, dtype=torch.float64), sentence_id=zeros, token_id=zeros,
-                      special=torch.zeros(n, dtype=torch.bool), frequency=zeros)
-
-
-def run(x, chunks=1, metric=None, **options):
-    metric = metric or PartitionIsotropy(**options)
-    parts = np.array_split(np.arange(len(x)), chunks)
-    for index in range(metric.passes):
-        metric.begin_pass(index)
-        for part in parts:
-            metric.update(batch_of(x[part]))
-    return {v.variant: v.value for v in metric.compute()}
+def run(x, chunks=1, **options):
+    return {v.variant: v.value for v in feed(PartitionIsotropy(**options), x, chunks)}
 
 
 def test_isotropic_gaussian_is_close_to_one():
@@ -134,7 +120,7 @@ def test_memory_is_bounded():
     for index in range(2):
         metric.begin_pass(index)
         for _ in range(200):
-            metric.update(batch_of(rng.standard_normal((50, d)) if index == 0 else rng.standard_normal((50, d))))
+            metric.update(token_batch(rng.standard_normal((50, d)) if index == 0 else rng.standard_normal((50, d))))
             sizes.setdefault(index, []).append(metric.memory_bytes())
     assert max(sizes[0]) == min(sizes[0])  # Gram + sum only
     assert max(sizes[1]) == min(sizes[1])  # + 2d directions per variant and their running max/sum
@@ -144,13 +130,13 @@ def test_memory_is_bounded():
 def test_pass_order_is_enforced():
     metric = PartitionIsotropy()
     metric.begin_pass(0)
-    metric.update(batch_of(np.eye(3)))
+    metric.update(token_batch(np.eye(3)))
     assert metric.compute() == []  # second pass not run yet
     metric.pass_index = 1
     with pytest.raises(RuntimeError):
-        metric.update(batch_of(np.eye(3)))  # pass 1 without begin_pass(1)
+        metric.update(token_batch(np.eye(3)))  # pass 1 without begin_pass(1)
     metric.begin_pass(1)
-    metric.update(batch_of(np.eye(3)[:2]))
+    metric.update(token_batch(np.eye(3)[:2]))
     with pytest.raises(RuntimeError):
         metric.compute()  # pass 1 saw different tokens than pass 0
     with pytest.raises(ValueError):

@@ -5,11 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.stats
-import torch
 from dump_helpers import layer_tokens
+from metric_helpers import feed, token_batch
 
 from tokenuni.metrics import compute_metric
-from tokenuni.metrics.base import TokenBatch
 from tokenuni.metrics.sentence_spectrum import SentenceSpectrum
 from tokenuni.store import open_dump
 
@@ -81,19 +80,8 @@ def test_special_tokens_and_options(minilm_dump):
 
 
 # -- analytic cases ----------------------------------------------------------------------------------
-def batch_of(x, ids):
-    n = len(x)
-    zeros = torch.zeros(n, dtype=torch.int64)
-    return TokenBatch(x=torch.as_tensor(x, dtype=torch.float64), sentence_id=torch.as_tensor(ids, dtype=torch.int64),
-                      token_id=zeros, special=torch.zeros(n, dtype=torch.bool), frequency=zeros)
-
-
-def run(x, ids, chunks=1, metric=None, **options):
-    metric = metric or SentenceSpectrum(**options)
-    for part in np.array_split(np.arange(len(x)), chunks):
-        if len(part):
-            metric.update(batch_of(x[part], ids[part]))
-    return {(v.metric, v.component): v for v in metric.compute()}
+def run(x, ids, chunks=1, **options):
+    return {(v.metric, v.component): v for v in feed(SentenceSpectrum(**options), x, chunks, sentence_ids=ids)}
 
 
 def test_rank_one_sentences():
@@ -161,7 +149,7 @@ def test_memory_is_bounded():
     sizes = []
     for b in range(300):
         ids = np.repeat(np.arange(b * 5, b * 5 + 5), 10)
-        metric.update(batch_of(rng.standard_normal((50, 8)), ids))
+        metric.update(token_batch(rng.standard_normal((50, 8)), ids))
         sizes.append(metric.memory_bytes())
     assert max(sizes[1:]) == min(sizes[1:])  # sums + one pending sentence
     assert max(sizes) < 8 * (4 + 2 * 32 + 10 * 8) + 1024

@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from metric_helpers import feed, token_batch
 from sklearn.decomposition import PCA
 
 from tokenuni.metrics import compute_metric
-from tokenuni.metrics.base import TokenBatch
 from tokenuni.metrics.word_frequency import WordFrequency
 from tokenuni.store import layer_column, open_dump, vectors
 
@@ -87,18 +87,9 @@ def test_raw_frequency_option(minilm_dump):
 
 
 # -- analytic cases ------------------------------------------------------------------------------------------
-def make_batch(x, frequency):
-    n = len(x)
-    zeros = torch.zeros(n, dtype=torch.int64)
-    return TokenBatch(x=torch.as_tensor(x, dtype=torch.float64), sentence_id=zeros, token_id=zeros,
-                      special=torch.zeros(n, dtype=torch.bool), frequency=torch.as_tensor(frequency, dtype=torch.int64))
-
-
 def run(x, frequency, chunks=1, **options):
-    metric = WordFrequency(**options)
-    for part in np.array_split(np.arange(len(x)), chunks):
-        metric.update(make_batch(x[part], frequency[part]))
-    return {(v.metric, v.variant, v.component): v.value for v in metric.compute()}
+    rows = feed(WordFrequency(**options), x, chunks, frequency=frequency)
+    return {(v.metric, v.variant, v.component): v.value for v in rows}
 
 
 def test_frequency_along_one_axis_and_norms_shrinking_with_frequency():
@@ -151,7 +142,7 @@ def test_memory_is_bounded():
     metric = WordFrequency()
     sizes = []
     for b in range(300):
-        metric.update(make_batch(rng.standard_normal((64, 16)), rng.integers(1, 100, 64)))
+        metric.update(token_batch(rng.standard_normal((64, 16)), frequency=rng.integers(1, 100, 64)))
         if b in (10, 299):
             sizes.append(metric.memory_bytes())
     assert sizes[0] == sizes[1] < 16 * 16 * 8 * 2 + 4096  # O(d²)

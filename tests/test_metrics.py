@@ -7,9 +7,9 @@ import pytest
 import scipy.stats
 import torch
 from dump_helpers import layer_tokens
+from metric_helpers import feed
 
 from tokenuni.metrics import METRICS, compute_metric, make_metric
-from tokenuni.metrics.base import TokenBatch
 from tokenuni.metrics.spectrum import effective_rank
 from tokenuni.numerics import skewness
 from tokenuni.store import layer_column, open_dump
@@ -93,21 +93,9 @@ def test_tidy_table_columns(tables):
 
 
 # -- analytic cases --------------------------------------------------------------------------------
-def batch_of(x, sentence_ids=None):
-    n = len(x)
-    x = torch.as_tensor(x, dtype=torch.float64)
-    ids = torch.as_tensor(sentence_ids if sentence_ids is not None else np.zeros(n, dtype=np.int64))
-    zeros = torch.zeros(n, dtype=torch.int64)
-    return TokenBatch(x=x, sentence_id=ids, token_id=zeros, special=torch.zeros(n, dtype=torch.bool), frequency=zeros)
-
-
 def run(name, x, sentence_ids=None, chunks=1, **options):
-    metric = make_metric(name, options, "cpu")
-    for index in range(metric.passes):
-        metric.begin_pass(index)
-        for part in np.array_split(np.arange(len(x)), chunks):
-            metric.update(batch_of(x[part], None if sentence_ids is None else sentence_ids[part]))
-    return {(v.metric, v.variant, v.component): v.value for v in metric.compute()}
+    rows = feed(make_metric(name, options, "cpu"), x, chunks, sentence_ids=sentence_ids)
+    return {(v.metric, v.variant, v.component): v.value for v in rows}
 
 
 def test_isotropic_gaussian():
