@@ -7,13 +7,12 @@ its file (with its rows and its config entry, ``options_schema``) and its test. 
 """
 from __future__ import annotations
 
+import importlib
 import logging
+import pkgutil
 from dataclasses import replace
 
 import pandas as pd
-
-import importlib
-import pkgutil
 
 from tokenuni.metrics.base import REGISTRY, Metric, MetricError, MetricValue, TokenBatch, new_job_warnings
 

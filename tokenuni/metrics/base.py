@@ -48,7 +48,7 @@ REGISTRY: dict[str, type] = {}
 
 def _register(cls) -> None:
     known = REGISTRY.get(cls.name)
-    if known is not None and known is not cls and known.__qualname__ != cls.__qualname__:
+    if known is not None and (known.__module__, known.__qualname__) != (cls.__module__, cls.__qualname__):
         raise MetricError(f"two metrics are named {cls.name!r}: {known.__module__}.{known.__qualname__} and "
                           f"{cls.__module__}.{cls.__qualname__}")
     REGISTRY[cls.name] = cls
