@@ -122,3 +122,13 @@ def test_a_metric_without_a_usable_entry_is_refused():
     NoEntry.options_schema = "properties: {k: {type: integer}}"  # no description
     with pytest.raises(MetricError, match="no_entry.*description"):
         NoEntry.config_schema()
+
+
+def test_two_metrics_of_one_name_are_refused():
+    from tokenuni.metrics import METRICS
+    from tokenuni.metrics.base import Metric, MetricError
+
+    with pytest.raises(MetricError, match="two metrics are named 'spectrum'"):
+        type("Impostor", (Metric,), {"name": "spectrum", "__module__": "tokenuni.metrics.impostor",
+                                     "_update": lambda self, batch: None, "compute": lambda self: []})
+    assert METRICS["spectrum"].__module__ == "tokenuni.metrics.spectrum"
