@@ -325,3 +325,68 @@ def test_batched_kmeans_runs_equal_one_run_at_a_time():
         assert torch.equal(batched[key, k][0], labels), (key, k)
         assert batched[key, k][2] == pytest.approx(inertia, rel=1e-12)
         torch.testing.assert_close(batched[key, k][1], found, rtol=1e-12, atol=1e-12)
+
+
+# -- k-means: float32 products give the float64 labels -------------------------------------------------------
+
+def _hard_points(seed: int = 3):
+    """Blobs with a rogue dimension (100x the others), exact duplicates, and points exactly or nearly
+    equidistant from two blob centres (ties and near ties below float32's resolution)."""
+    rng = np.random.default_rng(seed)
+    means = rng.standard_normal((4, 32)) * 3
+    x = means[rng.integers(0, 4, 600)] + rng.standard_normal((600, 32))
+    x[:, 5] *= 100.0
+    x[:30] = x[30:60]
+    midpoint = (x[100] + x[200]) / 2
+    x[300:310] = midpoint + rng.standard_normal((10, 32)) * 1e-9  # near ties
+    x[310] = midpoint  # an exact tie between x[100] and x[200]
+    return torch.from_numpy(x)
+
+
+def test_float32_products_give_the_labels_of_float64_products(monkeypatch):
+    from tokenuni.numerics import clustering
+
+    x = _hard_points()
+    runs = [((r,), k) for r in range(2) for k in (2, 3, 5, 9)]
+    fast = kmeans_runs(x, runs, n_init=3, seed=5)
+    monkeypatch.setattr(clustering, "float32_products_are_ieee", lambda device: False)
+    exact = kmeans_runs(x, runs, n_init=3, seed=5)
+    for run in runs:
+        assert torch.equal(fast[run][0], exact[run][0]), run
+        assert torch.equal(fast[run][1], exact[run][1]), run  # the same centre arithmetic: bit for bit
+        assert fast[run][2] == exact[run][2], run
+
+
+def test_nearest_two_checks_float32_ties_and_keeps_its_bounds():
+    from tokenuni.numerics.clustering import _nearest_two
+
+    x = _hard_points()
+    x = x - x.mean(dim=0)
+    x_sq = (x * x).sum(dim=1)
+    # two runs of k = 3: the second run's first two centres are the tie's two points
+    centres = torch.stack([x[[0, 1, 2]], x[[100, 200, 3]]])
+    stacked = centres.reshape(-1, x.shape[1])
+    exact = _nearest_two(x, None, x_sq, x_sq.sqrt(), None, stacked, 2, 3)
+    fast = _nearest_two(x, x.to(torch.float32), x_sq, x_sq.sqrt(), None, stacked, 2, 3)
+    # x[310], the midpoint of the second run's first two centres, is a tie within float64's own rounding (the
+    # float64 values differ in their last digits, by how the product is blocked): either centre is right there
+    assert int(fast[0][1, 310]) in (0, 1)
+    fast[0][1, 310] = exact[0][1, 310]
+    assert torch.equal(fast[0], exact[0])  # the near ties (1e-9 apart, far below float32's resolution) included
+    distances = torch.cdist(x, stacked).T.reshape(2, 3, -1)  # (runs, k, points)
+    own = distances.gather(1, exact[0][:, None]).squeeze(1)
+    others = distances.scatter(1, exact[0][:, None], float("inf")).amin(dim=1)
+    scale = 1e-9 * float(x_sq.sqrt().max())
+    assert bool((fast[1] >= own - scale).all()) and bool((fast[2] <= others + scale).all())
+
+
+def test_reduced_precision_float32_products_are_not_trusted():
+    from tokenuni.numerics.clustering import float32_products_are_ieee
+
+    assert float32_products_are_ieee("cpu")
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("medium")
+        assert not float32_products_are_ieee("cpu")
+    finally:
+        torch.set_float32_matmul_precision(before)

@@ -45,11 +45,16 @@ def job_run(args, params: dict):
     return run
 
 
-def run_stage(args, params: dict, stage, *stage_args, **stage_kwargs):
+def run_stage(args, params: dict, stage, *stage_args, on_open=None, **stage_kwargs):
     """Open the job's run (with ``--record``), call ``stage`` (a function of :mod:`tokenuni.stages`), record the
     :class:`~tokenuni.results.StageResult` it returns (:func:`tokenuni.tracking.record`) and log its message.
-    A stage that raises leaves a FAILED record (the run was opened before the work). Returns the result."""
+    ``on_open(run)`` (``run``: the open :class:`~tokenuni.tracking.JobRun`, None without ``--record``) returns more
+    keyword arguments of the stage, made once the run is open: its live hooks (``run.log_metric``), timings that
+    include opening it. A stage that raises leaves a FAILED record (the run was opened before the work). Returns
+    the result."""
     with job_run(args, params) as run:
+        if on_open is not None:
+            stage_kwargs.update(on_open(run))
         result = stage(*stage_args, **stage_kwargs)
         if run:
             from tokenuni.tracking import record

@@ -2,13 +2,9 @@
 against the baseline with intervals)."""
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
-from tokenuni.cli.common import (add_device_arguments, add_job_arguments, job_run,
-                                 json_argument, run_stage, set_threads)
-
-log = logging.getLogger("tokenuni")
+from tokenuni.cli.common import add_device_arguments, add_job_arguments, json_argument, run_stage, set_threads
 
 
 def _process_seconds() -> float | None:
@@ -34,22 +30,18 @@ def cmd_finetune(args) -> None:
     device = select_device(args.device)
     params = {"model": args.model, "task": args.task, "variant": {args.variant_name: args.variant},
               "seed": args.seed, "settings": args.settings}
-    with job_run(args, params) as run:
-        # torch (threads, device), the tracking module
-        process_timings = {"imports": (time.perf_counter() - cli_started, time.process_time() - cli_cpu)}
-        if startup is not None:
-            process_timings["startup"] = (startup, startup_cpu)
-        result = finetune(args.model, model_key=args.model_key, task=args.task, variant_name=args.variant_name,
-                          variant=args.variant, seed=args.seed, settings=args.settings, summary_path=args.summary,
-                          geometry_path=args.geometry, predictions_path=args.predictions,
-                          mirror_root=args.mirror or None, device=device,
-                          log_metric=(run.log_metric if run else None), progress=not args.no_progress,
-                          process_timings=process_timings)
-        if run:
-            from tokenuni.tracking import record
 
-            record(result, run)
-    log.info("%s", result.message)
+    def once_open(run) -> dict:
+        """The live run's training curves, and the time to here: torch (threads, device), the tracking module."""
+        timings = {"imports": (time.perf_counter() - cli_started, time.process_time() - cli_cpu)}
+        if startup is not None:
+            timings["startup"] = (startup, startup_cpu)
+        return {"log_metric": run.log_metric if run else None, "process_timings": timings}
+
+    run_stage(args, params, finetune, args.model, model_key=args.model_key, task=args.task,
+              variant_name=args.variant_name, variant=args.variant, seed=args.seed, settings=args.settings,
+              summary_path=args.summary, geometry_path=args.geometry, predictions_path=args.predictions,
+              mirror_root=args.mirror or None, device=device, progress=not args.no_progress, on_open=once_open)
 
 
 def cmd_finetune_table(args) -> None:

@@ -106,28 +106,33 @@ def silhouette_scores(x, labelings, chunk_elements: int = _DISTANCE_CHUNK_ELEMEN
         return [None] * len(labelings)
     onehot = torch.cat(onehots, dim=1)
     counts = onehot.sum(dim=0)
-    totals = torch.zeros(len(labelings), dtype=x.dtype, device=x.device)
     x_sq = (x * x).sum(dim=1)
-    step = max(1, chunk_elements // max(n, 1))
+    # sums[i, c]: Σ_j∈c ‖x_i − x_j‖ for every cluster c of every labeling. The distance matrix is symmetric, so
+    # a row chunk computes only its columns from the chunk on (half the products and square roots); the block
+    # right of the diagonal block feeds its rows' sums directly and, transposed, the sums of the later rows.
+    sums = torch.zeros((n, onehot.shape[1]), dtype=x.dtype, device=x.device)
+    step = max(1, min(chunk_elements // max(n, 1), -(-n // 8)))  # ≥ 8 chunks: the computed triangle is ≤ 9/16
     for start in range(0, n, step):
         stop = min(start + step, n)
-        distances = (x_sq[start:stop, None] - 2.0 * (x[start:stop] @ x.T) + x_sq[None, :]).clamp_min_(0.0).sqrt_()
-        rows = torch.arange(start, stop, device=x.device)
-        distances[rows - start, rows] = 0.0
-        sums = distances @ onehot  # (chunk, all clusters of all labelings)
-        for index, (offset, k, dense) in enumerate(blocks):
-            if not usable[index]:
-                continue
-            block_sums, block_counts = sums[:, offset:offset + k], counts[offset:offset + k]
-            own = dense[start:stop]
-            own_sum = block_sums.gather(1, own[:, None])[:, 0]
-            own_count = block_counts[own]
-            a = own_sum / (own_count - 1)  # 0/0 for a point alone in its cluster -> nan -> 0 below
-            means = block_sums / block_counts[None, :]
-            means.scatter_(1, own[:, None], float("inf"))
-            b = means.min(dim=1).values
-            s = torch.nan_to_num((b - a) / torch.maximum(a, b), nan=0.0, posinf=0.0, neginf=0.0)
-            totals[index] += s.sum()
+        distances = torch.addmm(x_sq[None, start:], x[start:stop], x[start:].T, alpha=-2.0)
+        distances.add_(x_sq[start:stop, None]).clamp_min_(0.0).sqrt_()
+        rows = torch.arange(stop - start, device=x.device)
+        distances[rows, rows] = 0.0
+        sums[start:] += distances.T @ onehot[start:stop]
+        sums[start:stop] += distances[:, stop - start:] @ onehot[stop:]
+    totals = torch.zeros(len(labelings), dtype=x.dtype, device=x.device)
+    for index, (offset, k, dense) in enumerate(blocks):
+        if not usable[index]:
+            continue
+        block_sums, block_counts = sums[:, offset:offset + k], counts[offset:offset + k]
+        own_sum = block_sums.gather(1, dense[:, None])[:, 0]
+        own_count = block_counts[dense]
+        a = own_sum / (own_count - 1)  # 0/0 for a point alone in its cluster -> nan -> 0 below
+        means = block_sums / block_counts[None, :]
+        means.scatter_(1, dense[:, None], float("inf"))
+        b = means.min(dim=1).values
+        s = torch.nan_to_num((b - a) / torch.maximum(a, b), nan=0.0, posinf=0.0, neginf=0.0)
+        totals[index] = s.sum()
     return [float(totals[i]) / n if usable[i] else None for i in range(len(labelings))]
 
 
