@@ -208,3 +208,21 @@ def test_half_precision_dumps_are_half_the_size_and_read_back_as_float32(stsb_co
     assert half.dtype == np.float32 or precision == "float16"
     expected = torch.from_numpy(full).to(getattr(torch, precision)).float().numpy()  # torch's rounding
     np.testing.assert_array_equal(half.astype(np.float32), expected)
+
+
+def test_tokenising_in_chunks_gives_the_ids_of_one_call(monkeypatch, stsb_corpus):
+    """The embed stage tokenises TOKENIZE_CHUNK texts per tokenizer call (its encodings are held at once): the ids,
+    special-token masks and truncation count are those of one call over every text."""
+    from transformers import AutoTokenizer
+
+    from tokenuni.corpora import read_corpus
+    from tokenuni.embed import forward
+    from tokenuni.weights import WEIGHT_PACKAGES
+
+    tokenizer = AutoTokenizer.from_pretrained(WEIGHT_PACKAGES[MINILM["id"]].materialise(MINILM["id"]))
+    texts = read_corpus(stsb_corpus)["text"].to_pylist()
+    monkeypatch.setattr(forward, "TOKENIZE_CHUNK", len(texts))
+    whole = forward.tokenize(tokenizer, texts, 12)
+    monkeypatch.setattr(forward, "TOKENIZE_CHUNK", 7)
+    assert forward.tokenize(tokenizer, texts, 12) == whole
+    assert whole[2] > 0 and len(whole[0]) == len(texts)  # max_length 12 truncates some

@@ -16,14 +16,25 @@ if TYPE_CHECKING:
 log = logging.getLogger("tokenuni.embed")
 
 
+#: texts per tokenizer call: the fast tokenizer's encodings (offsets, masks, token strings) of one call are held at
+#: once, about 1.5 KB per token, so a window of 100,000 sentences tokenised in one call peaked at gigabytes
+TOKENIZE_CHUNK = 2_000
+
+
 def tokenize(tokenizer, texts: list[str], max_length: int):
-    """Token ids and special-token masks per text (truncated to ``max_length``), plus the truncated count."""
-    encoded = tokenizer(texts, truncation=True, max_length=max_length, return_special_tokens_mask=True,
-                        add_special_tokens=True)
-    full_lengths = tokenizer(texts, truncation=False, add_special_tokens=True, return_length=True,
-                             verbose=False)["length"]
-    truncated = int(sum(full > max_length for full in full_lengths))
-    return encoded["input_ids"], encoded["special_tokens_mask"], truncated
+    """Token ids and special-token masks per text (truncated to ``max_length``), plus the truncated count.
+    Tokenised ``TOKENIZE_CHUNK`` texts at a time (each text's ids do not depend on the others)."""
+    input_ids, special_masks, truncated = [], [], 0
+    for start in range(0, len(texts), TOKENIZE_CHUNK):
+        chunk = texts[start:start + TOKENIZE_CHUNK]
+        encoded = tokenizer(chunk, truncation=True, max_length=max_length, return_special_tokens_mask=True,
+                            add_special_tokens=True)
+        input_ids += encoded["input_ids"]
+        special_masks += encoded["special_tokens_mask"]
+        full_lengths = tokenizer(chunk, truncation=False, add_special_tokens=True, return_length=True,
+                                 verbose=False)["length"]
+        truncated += int(sum(full > max_length for full in full_lengths))
+    return input_ids, special_masks, truncated
 
 
 def length_sorted_batches(lengths: list[int], batch_size: int) -> list[np.ndarray]:
