@@ -390,3 +390,16 @@ def test_reduced_precision_float32_products_are_not_trusted():
         assert not float32_products_are_ieee("cpu")
     finally:
         torch.set_float32_matmul_precision(before)
+
+
+def test_float32_overflow_falls_back_to_float64():
+    from tokenuni.numerics.clustering import _nearest_two
+
+    x = _hard_points()[:100] * 1e22  # ‖x‖² ≈ 1e49: beyond float32's range (3.4e38)
+    x = x - x.mean(dim=0)
+    x_sq = (x * x).sum(dim=1)
+    stacked = x[[0, 1, 2, 3, 4, 5]]
+    exact = _nearest_two(x, None, x_sq, x_sq.sqrt(), None, stacked, 2, 3)
+    fast = _nearest_two(x, x.to(torch.float32), x_sq, x_sq.sqrt(), None, stacked, 2, 3)
+    assert torch.equal(fast[0], exact[0])
+    assert bool(torch.isfinite(fast[1]).all())

@@ -336,7 +336,7 @@ def _nearest_two(x, x32, x_sq, norm, points, stacked, n_runs: int, k: int):
     center_norm = c_sq.sqrt().view(n_runs, k).max(dim=1).values
     error = (2 * x.shape[1] + 16) * 2.0 ** -24 * (center_norm[:, None] * (norm if points is None else norm[points])
                                                  + (center_norm * center_norm)[:, None])  # (n_runs, m)
-    unsure = (second - nearest <= 2.0 * error) | ties
+    unsure = ~(second - nearest > 2.0 * error) | ties  # a float32 overflow (inf − inf = nan) is unsure too
     if bool(unsure.any()):  # near ties: these (run, point) again in float64
         run, where = torch.nonzero(unsure, as_tuple=True)
         columns, inverse = torch.unique(where, return_inverse=True)
