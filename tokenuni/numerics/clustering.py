@@ -118,7 +118,7 @@ def _kmeans_plusplus_runs(x, ks: list[int], generators: list, x_sq) -> list:
     return [x[index].clone() for index in chosen]
 
 
-def _lloyd_runs(x, centers: list, x_sq, max_iter: int, tol: float, float32_products: bool = True) -> list:
+def _lloyd_runs(x, centers: list, x_sq, max_iter: int, tol: float) -> list:
     """Lloyd's iterations of several runs (:func:`kmeans`'s rules), batched: the runs of equal k form one group,
     assigned, counted and compared as one (runs, k) block with one distance product per iteration (float32, checked,
     see :func:`_nearest_two`). A run that stops leaves its group, so every array of a group is that of its moving
@@ -129,15 +129,14 @@ def _lloyd_runs(x, centers: list, x_sq, max_iter: int, tol: float, float32_produ
     per run and point an upper bound u on the distance to its centre and a lower bound l on the distance to any
     other; after the centres move by δ, u += δ(own centre), l −= the largest δ of the other centres, and only the
     points with u ≥ l − margin (margin 10⁻⁶ of the data's scale, far above the rounding of the distances) get a new
-    row of distances. A point that is skipped provably keeps the centre the full argmin would give it.
-    ``float32_products=False`` takes every product in float64 (the same labels; for tests). Returns
+    row of distances. A point that is skipped provably keeps the centre the full argmin would give it. Returns
     (labels, centres, inertia) per run."""
     import torch
 
     n, dim, device = x.shape[0], x.shape[1], x.device
     norm = torch.sqrt(x_sq)
     margin = 1e-6 * (float(norm.max()) if n else 1.0)
-    x32 = x.to(torch.float32) if float32_products and float32_products_are_ieee(device) else None
+    x32 = x.to(torch.float32) if float32_products_are_ieee(device) else None
     members: dict[int, list[int]] = {}
     for r, c in enumerate(centers):
         members.setdefault(int(c.shape[0]), []).append(r)
@@ -316,9 +315,7 @@ def _nearest_two(x, x32, x_sq, norm, points, stacked, n_runs: int, k: int):
         block = block.view(n_runs, k, -1)
         if k < 2 or not block.shape[2]:
             return torch.argmin(block, dim=1), None, None
-        found = torch.argmin(block, dim=1)
-        nearest = block.gather(1, found[:, None]).squeeze(1)
-        second = block.scatter(1, found[:, None], float("inf")).amin(dim=1)
+        found, nearest, second = _first_two(block)
         return found, (nearest + subset_sq).clamp_min(0.0).sqrt(), (second + subset_sq).clamp_min(0.0).sqrt()
     block = torch.addmm(c_sq.to(torch.float32)[:, None], stacked.to(torch.float32),
                         (x32 if points is None else x32[points]).T, alpha=-2.0).view(n_runs, k, -1)
@@ -342,10 +339,16 @@ def _nearest_two(x, x32, x_sq, norm, points, stacked, n_runs: int, k: int):
         columns, inverse = torch.unique(where, return_inverse=True)
         exact = torch.addmm(c_sq[:, None], stacked, x[columns if points is None else points[columns]].T, alpha=-2.0)
         exact = exact.view(n_runs, k, -1)[run, :, inverse]  # (unsure, k)
-        chosen = torch.argmin(exact, dim=1)
-        found[run, where] = chosen
-        nearest[run, where] = exact.gather(1, chosen[:, None]).squeeze(1)
-        second[run, where] = exact.scatter(1, chosen[:, None], float("inf")).amin(dim=1)
+        found[run, where], nearest[run, where], second[run, where] = _first_two(exact)
         error[run, where] = 0.0
     return found, (nearest + subset_sq + error).clamp_min(0.0).sqrt(), \
         (second + subset_sq - error).clamp_min(0.0).sqrt()
+
+
+def _first_two(values):
+    """Along dimension 1: the index of the smallest value (the first on ties, as ``argmin``), the smallest value
+    and the smallest of the others."""
+    import torch
+
+    found = torch.argmin(values, dim=1)
+    return found, values.gather(1, found[:, None]).squeeze(1), values.scatter(1, found[:, None], float("inf")).amin(dim=1)
